@@ -1,0 +1,9 @@
+// Each CPU source file registers its own functions on the module; bindings.cpp calls them all.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace replay {
+void register_linalg(pybind11::module_& m);     // linalg.cpp: linear, norms, elementwise, log_softmax
+void register_attention(pybind11::module_& m);  // attention.cpp: varlen attention over a KV buffer
+void register_sampler(pybind11::module_& m);    // sampler.cpp: Philox, Gumbel-max sampling, scoring
+}  // namespace replay

@@ -1,0 +1,274 @@
+"""The ops layer: argument checks, output allocation and device dispatch for every kernel the
+model runs. It is the only caller of replay._C.
+
+Two backends:
+- "replay" (default): replay's batch-invariant kernels. On CPU, the C++ kernels in csrc/cpu.
+- "torch": plain torch ops with the same signatures. Numerically close, but a row's result can
+  depend on the batch it sits in; tests use it to show that the replay contract can fail.
+
+    with ops.backend("torch"):
+        logits = model(...)
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+
+from replay._ext import C
+
+_BACKEND = "replay"
+BACKENDS = ("replay", "torch")
+
+
+@contextlib.contextmanager
+def backend(name: str):
+    """Run the enclosed code with the named backend, restoring the previous one afterwards."""
+    global _BACKEND
+    if name not in BACKENDS:
+        raise ValueError(f"unknown ops backend {name!r}; expected one of {BACKENDS}")
+    prev = _BACKEND
+    _BACKEND = name
+    try:
+        yield
+    finally:
+        _BACKEND = prev
+
+
+def current_backend() -> str:
+    return _BACKEND
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+
+def _check(cond: bool, msg: str):
+    if not cond:
+        raise ValueError(msg)
+
+
+def _f32(name: str, t: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    _check(isinstance(t, torch.Tensor), f"{name}: expected a tensor, got {type(t).__name__}")
+    _check(t.dtype == torch.float32, f"{name}: expected float32, got {t.dtype}")
+    if dim is not None:
+        _check(t.dim() == dim, f"{name}: expected {dim} dimensions, got shape {tuple(t.shape)}")
+    return t.contiguous()
+
+
+def _i64(name: str, t: torch.Tensor) -> torch.Tensor:
+    _check(isinstance(t, torch.Tensor), f"{name}: expected a tensor, got {type(t).__name__}")
+    _check(not t.is_floating_point(), f"{name}: expected an integer tensor, got {t.dtype}")
+    return t.to(torch.int64).contiguous()
+
+
+def _use_native(*ts: torch.Tensor) -> bool:
+    """True when the replay kernels should run; raises for devices that have none yet."""
+    if _BACKEND == "torch":
+        return False
+    dev = ts[0].device
+    for t in ts:
+        _check(t.device == dev, f"all tensors must be on one device, got {dev} and {t.device}")
+    if dev.type == "cpu":
+        return True
+    raise NotImplementedError(
+        f"replay has no kernels for device {dev.type!r} in this build; run on CPU, or use "
+        "ops.backend('torch') for non-invariant execution")
+
+
+def _p(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+# ---------------------------------------------------------------------------------------------
+# dense ops
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ w.T + bias.   x: (M, K), w: (N, K), bias: (N,) -> (M, N).
+
+    Row m of y depends only on x[m], w and bias: K is reduced in one fixed order whatever M is.
+    """
+    x = _f32("x", x, 2)
+    w = _f32("w", w, 2)
+    _check(x.shape[1] == w.shape[1], f"linear: x is {tuple(x.shape)} but w is {tuple(w.shape)}")
+    if bias is not None:
+        bias = _f32("bias", bias, 1)
+        _check(bias.shape[0] == w.shape[0], f"linear: bias has {bias.shape[0]} entries, w has "
+                                            f"{w.shape[0]} rows")
+    if not _use_native(x, w):
+        return F.linear(x, w, bias)
+    M, K = x.shape
+    N = w.shape[0]
+    out = torch.empty(M, N, dtype=torch.float32, device=x.device)
+    if M and N:
+        C().linear_f32(_p(x), _p(w), _p(bias), _p(out), M, N, K)
+    return out
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """x * rsqrt(mean(x^2) + eps) * w over the last dimension.  x: (M, D), w: (D,)."""
+    x = _f32("x", x, 2)
+    w = _f32("w", w, 1)
+    _check(x.shape[1] == w.shape[0], f"rms_norm: x is {tuple(x.shape)}, w is {tuple(w.shape)}")
+    if not _use_native(x, w):
+        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)) * w
+    out = torch.empty_like(x)
+    if x.numel():
+        C().rms_norm_f32(_p(x), _p(w), _p(out), x.shape[0], x.shape[1], float(eps))
+    return out
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, eps: float):
+    """residual' = x + residual; returns (rms_norm(residual', w), residual')."""
+    x = _f32("x", x, 2)
+    residual = _f32("residual", residual, 2)
+    _check(x.shape == residual.shape, f"add_rms_norm: x is {tuple(x.shape)}, residual is "
+                                      f"{tuple(residual.shape)}")
+    if not _use_native(x, residual, w):
+        r = x + residual
+        return rms_norm(r, w, eps), r
+    w = _f32("w", w, 1)
+    _check(x.shape[1] == w.shape[0], f"add_rms_norm: x is {tuple(x.shape)}, w is {tuple(w.shape)}")
+    out = torch.empty_like(x)
+    res_out = torch.empty_like(x)
+    if x.numel():
+        C().add_rms_norm_f32(_p(x), _p(residual), _p(w), _p(out), _p(res_out),
+                             x.shape[0], x.shape[1], float(eps))
+    return out, res_out
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up, where gate_up = [gate | up] along the last dim.  (M, 2F) -> (M, F)."""
+    gate_up = _f32("gate_up", gate_up, 2)
+    _check(gate_up.shape[1] % 2 == 0, f"silu_mul: last dim {gate_up.shape[1]} is odd")
+    M, F2 = gate_up.shape
+    if not _use_native(gate_up):
+        g, u = gate_up.chunk(2, dim=-1)
+        return F.silu(g) * u
+    out = torch.empty(M, F2 // 2, dtype=torch.float32, device=gate_up.device)
+    if out.numel():
+        C().silu_mul_f32(_p(gate_up), _p(out), M, F2 // 2)
+    return out
+
+
+def rope_(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """Rotary embedding in place, rotate-half convention (Llama, Qwen, Mistral in HF).
+
+    x: (T, H, D) contiguous, positions: (T,) absolute positions, cos/sin: (max_pos, D/2).
+    out[:h] = x[:h]*cos - x[h:]*sin ; out[h:] = x[h:]*cos + x[:h]*sin, with h = D/2.
+    """
+    _check(x.dtype == torch.float32 and x.dim() == 3 and x.is_contiguous(),
+           f"rope_: x must be a contiguous float32 (T, H, D) tensor, got {x.dtype} "
+           f"{tuple(x.shape)}")
+    T, H, D = x.shape
+    positions = _i64("positions", positions)
+    cos = _f32("cos", cos, 2)
+    sin = _f32("sin", sin, 2)
+    _check(cos.shape[1] * 2 == D and sin.shape == cos.shape,
+           f"rope_: head dim {D} needs cos/sin tables of width {D // 2}, got {tuple(cos.shape)}")
+    _check(positions.shape == (T,), f"rope_: positions is {tuple(positions.shape)}, expected ({T},)")
+    if T and int(positions.max()) >= cos.shape[0]:
+        raise ValueError(f"rope_: position {int(positions.max())} is beyond the rotary table "
+                         f"({cos.shape[0]} positions); the sequence exceeds the model's context")
+    if not _use_native(x, positions):
+        c = cos[positions].unsqueeze(1)  # (T, 1, D/2)
+        s = sin[positions].unsqueeze(1)
+        x1, x2 = x[..., : D // 2].clone(), x[..., D // 2:].clone()
+        x[..., : D // 2] = x1 * c - x2 * s
+        x[..., D // 2:] = x2 * c + x1 * s
+        return x
+    if x.numel():
+        C().rope_f32(_p(x), _p(positions), _p(cos), _p(sin), T, H, D)
+    return x
+
+
+def log_softmax(x: torch.Tensor) -> torch.Tensor:
+    """Row-wise log-softmax over the last dim.  (M, N) -> (M, N)."""
+    x = _f32("x", x, 2)
+    if not _use_native(x):
+        return torch.log_softmax(x, dim=-1)
+    out = torch.empty_like(x)
+    if x.numel():
+        C().log_softmax_f32(_p(x), _p(out), x.shape[0], x.shape[1])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# attention
+
+def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, cu_q: torch.Tensor,
+              pos0: torch.Tensor, kv_start: torch.Tensor, scale: float | None = None,
+              window: int = 0) -> torch.Tensor:
+    """Causal attention of packed variable-length query chunks over a KV buffer.
+
+    q:        (T, Hq, D)   queries of S sequences, packed; sequence s owns rows cu_q[s]:cu_q[s+1]
+    k_buf:    (R, Hkv, D)  keys; position j of sequence s is row kv_start[s] + j
+    v_buf:    (R, Hkv, D)  values, same rows
+    cu_q:     (S+1,)       query offsets, cu_q[0] = 0, cu_q[S] = T
+    pos0:     (S,)         absolute position of the first query of sequence s
+    kv_start: (S,)         row of k_buf/v_buf that holds position 0 of sequence s
+    window:   sliding window (0 = none): a query at p sees keys max(0, p-window+1)..p
+    returns   (T, Hq, D)
+
+    The query at position p of sequence s attends to positions 0..p of s:
+
+        keys   0 1 2 3 4 5
+        q@p=3  x x x x . .      (rows of the buffer past p are never read)
+
+    The replay kernels consume keys in fixed blocks aligned to position 0 of each sequence, so a
+    query row gets the same bits whether it runs in a prefill, a chunked prefill or a decode step,
+    and wherever the sequence sits in the batch or the buffer. Hq must be a multiple of Hkv (GQA).
+    """
+    q = _f32("q", q, 3)
+    k_buf = _f32("k_buf", k_buf, 3)
+    v_buf = _f32("v_buf", v_buf, 3)
+    cu_q, pos0, kv_start = _i64("cu_q", cu_q), _i64("pos0", pos0), _i64("kv_start", kv_start)
+    T, Hq, D = q.shape
+    R, Hkv, Dk = k_buf.shape
+    S = pos0.shape[0]
+    _check(Dk == D and v_buf.shape == k_buf.shape,
+           f"attention: q is {tuple(q.shape)}, k_buf {tuple(k_buf.shape)}, v_buf {tuple(v_buf.shape)}")
+    _check(Hkv > 0 and Hq % Hkv == 0, f"attention: {Hq} query heads is not a multiple of {Hkv} "
+                                      "KV heads")
+    _check(cu_q.shape == (S + 1,) and kv_start.shape == (S,),
+           f"attention: cu_q must have S+1={S + 1} entries and kv_start S={S}")
+    if S:
+        _check(int(cu_q[0]) == 0 and int(cu_q[-1]) == T, "attention: cu_q must run from 0 to T")
+        n = cu_q[1:] - cu_q[:-1]
+        _check(bool((n >= 0).all()), "attention: cu_q must be non-decreasing")
+        last = kv_start + pos0 + n - 1  # last buffer row each sequence reads
+        _check(bool((kv_start >= 0).all()) and bool((pos0 >= 0).all())
+               and bool((last < R).all()), "attention: a sequence reads past the KV buffer")
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+    if not _use_native(q, k_buf, v_buf):
+        return _attention_torch(q, k_buf, v_buf, cu_q, pos0, kv_start, scale, window)
+    out = torch.empty_like(q)
+    if T:
+        C().attention_f32(_p(q), _p(k_buf), _p(v_buf), _p(out), _p(cu_q), _p(pos0),
+                          _p(kv_start), S, T, Hq, Hkv, D, float(scale), int(window))
+    return out
+
+
+def _attention_torch(q, k_buf, v_buf, cu_q, pos0, kv_start, scale, window):
+    T, Hq, D = q.shape
+    Hkv = k_buf.shape[1]
+    out = torch.empty_like(q)
+    for s in range(pos0.shape[0]):
+        a, b = int(cu_q[s]), int(cu_q[s + 1])
+        if a == b:
+            continue
+        p0, r0 = int(pos0[s]), int(kv_start[s])
+        n_kv = p0 + (b - a)
+        qs = q[a:b].transpose(0, 1)  # (Hq, n, D)
+        ks = k_buf[r0:r0 + n_kv].transpose(0, 1).repeat_interleave(Hq // Hkv, dim=0)
+        vs = v_buf[r0:r0 + n_kv].transpose(0, 1).repeat_interleave(Hq // Hkv, dim=0)
+        qpos = torch.arange(p0, p0 + b - a).unsqueeze(1)
+        kpos = torch.arange(n_kv).unsqueeze(0)
+        mask = kpos <= qpos
+        if window:
+            mask &= kpos > qpos - window
+        o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale)
+        out[a:b] = o.transpose(0, 1)
+    return out
