@@ -1,0 +1,40 @@
+"""replay: batch-invariant kernels and a teacher-forced verifier for LLM inference.
+
+    import replay
+    model = replay.Model.from_pretrained(replay.TINY_MODEL)
+    records = replay.Engine(model).run(requests)        # generation with replay's kernels
+    report = replay.verify(records, model=model)          # exact, token by token
+    print(report.summary())
+
+Attributes load lazily, so that `import replay` is cheap and a verifier process never loads the
+engine (DESIGN §6: the verifier must not run the code it checks).
+"""
+import importlib
+import os
+
+__version__ = "0.1.0"
+
+TINY_MODEL = os.path.join(os.path.dirname(__file__), "assets", "tiny")
+
+_EXPORTS = {
+    "verify": "replay.verify",
+    "Report": "replay.report",
+    "Policy": "replay.policy",
+    "Model": "replay.model",
+    "ModelConfig": "replay.model",
+    "Engine": "replay.engine",
+    "Request": "replay.engine",
+    "Record": "replay.records",
+    "Batch": "replay.records",
+    "SamplingParams": "replay.records",
+    "RecordError": "replay.records",
+}
+
+__all__ = sorted(_EXPORTS) + ["TINY_MODEL", "__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        mod = importlib.import_module(_EXPORTS[name])
+        return getattr(mod, name)
+    raise AttributeError(f"module 'replay' has no attribute {name!r}")

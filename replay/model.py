@@ -1,0 +1,293 @@
+"""A Llama-family decoder (Llama 3.x, Qwen2/2.5, Qwen3, Mistral) whose every op runs through
+replay.ops, built from a Hugging Face config.json and loaded from *.safetensors.
+
+The engine and the verifier share this model: both call `forward` on a packed batch of
+variable-length chunks over a KV buffer, and `logits` on the rows they need. A row's logits are a
+function of the sequence's tokens only, never of the batch around it (DESIGN §2).
+
+    model = Model.from_pretrained("path/to/dir")
+    batch = Varlen.prefill([prompt_a, prompt_b])             # fresh buffer, one chunk each
+    kv = model.new_kv(rows=batch.rows)
+    hidden = model.forward(batch, kv)                        # (T, hidden)
+    logits = model.logits(hidden[batch.last_rows()])         # (S, vocab)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from replay import ops
+
+SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
+
+
+@dataclass
+class ModelConfig:
+    arch: str
+    vocab_size: int
+    hidden_size: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    intermediate_size: int
+    head_dim: int = 0              # 0: hidden_size // n_heads
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    max_context: int = 2048
+    tie_embeddings: bool = False
+    qkv_bias: bool = False         # Qwen2; Llama with attention_bias
+    o_bias: bool = False           # Llama with attention_bias
+    qk_norm: bool = False          # Qwen3
+    window: int = 0                # sliding window (Mistral), 0 = none
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.arch not in SUPPORTED:
+            raise ValueError(f"model_type {self.arch!r} is not supported; replay runs {SUPPORTED}")
+        if not self.head_dim:
+            self.head_dim = self.hidden_size // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"num_attention_heads {self.n_heads} is not a multiple of "
+                             f"num_key_value_heads {self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
+
+    @classmethod
+    def from_hf(cls, d: dict) -> "ModelConfig":
+        """From a Hugging Face config.json dict (transformers 4.x and 5.x spellings)."""
+        arch = d.get("model_type")
+        if arch not in SUPPORTED:
+            raise ValueError(f"config.json: model_type {arch!r} is not supported; replay runs "
+                             f"{SUPPORTED}")
+        rope = dict(d.get("rope_parameters") or {})
+        if d.get("rope_scaling"):
+            rope.update(d["rope_scaling"])
+        theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "llama3"):
+            raise ValueError(f"config.json: rope type {rope_type!r} is not supported "
+                             "(default and llama3 are)")
+        n_heads = d["num_attention_heads"]
+        window = 0
+        if arch == "mistral" and d.get("sliding_window"):
+            window = int(d["sliding_window"])
+        if arch in ("qwen2", "qwen3") and d.get("use_sliding_window") and d.get("sliding_window"):
+            raise ValueError("config.json: Qwen sliding-window layers are not supported")
+        return cls(
+            arch=arch,
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            n_layers=d["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=d.get("num_key_value_heads") or n_heads,
+            intermediate_size=d["intermediate_size"],
+            head_dim=d.get("head_dim") or d["hidden_size"] // n_heads,
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=rope if rope_type == "llama3" else None,
+            max_context=d.get("max_position_embeddings", 2048),
+            tie_embeddings=bool(d.get("tie_word_embeddings", False)),
+            qkv_bias=arch == "qwen2" or bool(d.get("attention_bias", False)),
+            o_bias=arch != "qwen2" and bool(d.get("attention_bias", False)),
+            qk_norm=arch == "qwen3",
+            window=window,
+        )
+
+
+def rope_tables(cfg: ModelConfig, n_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables (n_pos, head_dim/2), computed once in float64 then rounded to float32, so
+    generation and verification read the same bits."""
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    if cfg.rope_scaling:  # Llama 3.1 frequency scaling
+        s = cfg.rope_scaling
+        factor, lo, hi = s["factor"], s.get("low_freq_factor", 1.0), s.get("high_freq_factor", 4.0)
+        old = s.get("original_max_position_embeddings", 8192)
+        wavelen = 2 * math.pi / inv_freq
+        scaled = inv_freq / factor
+        smooth = (old / wavelen - lo) / (hi - lo)
+        mid = (1 - smooth) * scaled + smooth * inv_freq
+        inv_freq = torch.where(wavelen > old / lo, scaled,
+                               torch.where(wavelen < old / hi, inv_freq, mid))
+    ang = torch.arange(n_pos, dtype=torch.float64).unsqueeze(1) * inv_freq.unsqueeze(0)
+    return ang.cos().float().contiguous(), ang.sin().float().contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# packed batches and the KV buffer
+
+@dataclass
+class Varlen:
+    """A packed batch of S chunks, one per sequence.
+
+    tokens:   (T,)   input ids of every chunk, packed
+    cu:       (S+1,) chunk offsets into tokens
+    pos0:     (S,)   absolute position of each chunk's first token in its sequence
+    kv_start: (S,)   buffer row that holds position 0 of each sequence
+    """
+    tokens: torch.Tensor
+    cu: torch.Tensor
+    pos0: torch.Tensor
+    kv_start: torch.Tensor
+
+    @classmethod
+    def make(cls, chunks: list[list[int]], pos0: list[int], kv_start: list[int]) -> "Varlen":
+        lens = [len(c) for c in chunks]
+        cu = torch.zeros(len(chunks) + 1, dtype=torch.int64)
+        cu[1:] = torch.tensor(lens, dtype=torch.int64).cumsum(0)
+        flat = [t for c in chunks for t in c]
+        return cls(torch.tensor(flat, dtype=torch.int64), cu,
+                   torch.tensor(pos0, dtype=torch.int64), torch.tensor(kv_start, dtype=torch.int64))
+
+    @classmethod
+    def prefill(cls, seqs: list[list[int]]) -> "Varlen":
+        """Whole sequences from position 0, each kept in the buffer at its own packed offset."""
+        starts, acc = [], 0
+        for s in seqs:
+            starts.append(acc)
+            acc += len(s)
+        return cls.make(seqs, [0] * len(seqs), starts)
+
+    @property
+    def rows(self) -> int:
+        """Buffer rows needed when the buffer holds exactly these chunks (see `prefill`)."""
+        return int((self.kv_start + self.pos0 + (self.cu[1:] - self.cu[:-1])).max()) if len(
+            self.pos0) else 0
+
+    def positions(self) -> torch.Tensor:
+        """(T,) absolute position of every token."""
+        n = self.cu[1:] - self.cu[:-1]
+        seq = torch.repeat_interleave(torch.arange(len(n)), n)
+        return self.pos0[seq] + torch.arange(len(self.tokens)) - self.cu[seq]
+
+    def buffer_rows(self) -> torch.Tensor:
+        """(T,) buffer row where each token's key and value are written."""
+        n = self.cu[1:] - self.cu[:-1]
+        seq = torch.repeat_interleave(torch.arange(len(n)), n)
+        return self.kv_start[seq] + self.positions()
+
+    def last_rows(self) -> torch.Tensor:
+        """(S,) packed index of each chunk's last token."""
+        return self.cu[1:] - 1
+
+
+class KVBuffer:
+    """Keys and values of every layer: (rows, n_kv_heads, head_dim) each, float32."""
+
+    def __init__(self, cfg: ModelConfig, rows: int, device="cpu"):
+        shape = (rows, cfg.n_kv_heads, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device) for _ in range(cfg.n_layers)]
+        self.rows = rows
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+class Model:
+    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], identity: str = ""):
+        self.cfg = cfg
+        self.identity = identity or f"{cfg.arch}-random"
+        self.w = weights
+        self.cos, self.sin = rope_tables(cfg, cfg.max_context)
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: str, name: str | None = None) -> "Model":
+        """Load config.json and *.safetensors (a single file, or shards with their index)."""
+        from replay.weights import load_hf_weights, weights_identity
+
+        cfg_path = os.path.join(path, "config.json")
+        if not os.path.exists(cfg_path):
+            raise FileNotFoundError(f"{path}: no config.json")
+        with open(cfg_path) as f:
+            cfg = ModelConfig.from_hf(json.load(f))
+        weights = load_hf_weights(path, cfg)
+        ident = f"{name or os.path.basename(os.path.normpath(path))}@{weights_identity(path)}"
+        return cls(cfg, weights, ident)
+
+    @classmethod
+    def random(cls, cfg: ModelConfig, seed: int = 0, std: float = 0.02) -> "Model":
+        """Random weights (no download), for tests and benchmarks."""
+        from replay.weights import fuse, hf_names
+
+        g = torch.Generator().manual_seed(seed)
+        hf = {}
+        for name, shape in hf_names(cfg).items():
+            if name.endswith("norm.weight") or "layernorm" in name:
+                hf[name] = 1.0 + 0.1 * torch.randn(shape, generator=g)
+            else:
+                hf[name] = std * torch.randn(shape, generator=g)
+        h = hashlib.sha256(json.dumps(cfg.__dict__, sort_keys=True, default=str).encode())
+        return cls(cfg, fuse(hf, cfg), f"{cfg.arch}-random-{seed}-{h.hexdigest()[:12]}")
+
+    def new_kv(self, rows: int) -> KVBuffer:
+        return KVBuffer(self.cfg, rows)
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def forward(self, batch: Varlen, kv: KVBuffer) -> torch.Tensor:
+        """Hidden states after the final norm, (T, hidden). Writes each token's keys and values
+        into kv at batch.buffer_rows() and attends over the buffer."""
+        cfg, w = self.cfg, self.w
+        T = len(batch.tokens)
+        Hq, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        pos = batch.positions()
+        rows = batch.buffer_rows()
+        if T and int(pos.max()) >= cfg.max_context:
+            raise ValueError(f"position {int(pos.max())} exceeds the model's context "
+                             f"({cfg.max_context})")
+        x = w["embed"][batch.tokens]                                       # (T, hidden)
+        residual = None
+        for i in range(cfg.n_layers):
+            p = f"layers.{i}."
+            if residual is None:
+                h, residual = ops.rms_norm(x, w[p + "ln1"], cfg.rms_norm_eps), x
+            else:
+                h, residual = ops.add_rms_norm(x, residual, w[p + "ln1"], cfg.rms_norm_eps)
+            qkv = ops.linear(h, w[p + "wqkv"], w.get(p + "bqkv"))          # (T, (Hq+2Hkv)*D)
+            q = qkv[:, : Hq * D].reshape(T, Hq, D).contiguous()
+            k = qkv[:, Hq * D: (Hq + Hkv) * D].reshape(T, Hkv, D).contiguous()
+            v = qkv[:, (Hq + Hkv) * D:].reshape(T, Hkv, D)
+            if cfg.qk_norm:
+                q = ops.rms_norm(q.view(T * Hq, D), w[p + "qnorm"], cfg.rms_norm_eps).view(T, Hq, D)
+                k = ops.rms_norm(k.view(T * Hkv, D), w[p + "knorm"], cfg.rms_norm_eps).view(T, Hkv, D)
+            ops.rope_(q, pos, self.cos, self.sin)
+            ops.rope_(k, pos, self.cos, self.sin)
+            kv.k[i][rows] = k
+            kv.v[i][rows] = v
+            o = ops.attention(q, kv.k[i], kv.v[i], batch.cu, batch.pos0, batch.kv_start,
+                              1.0 / math.sqrt(D), cfg.window)               # (T, Hq, D)
+            x = ops.linear(o.view(T, Hq * D), w[p + "wo"], w.get(p + "bo"))
+            h, residual = ops.add_rms_norm(x, residual, w[p + "ln2"], cfg.rms_norm_eps)
+            x = ops.linear(ops.silu_mul(ops.linear(h, w[p + "wgu"])), w[p + "wdown"])
+        if residual is None:
+            return ops.rms_norm(x, w["norm"], cfg.rms_norm_eps)
+        return ops.add_rms_norm(x, residual, w["norm"], cfg.rms_norm_eps)[0]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head: (n, hidden) -> (n, vocab) float32."""
+        return ops.linear(hidden, self.w["lm_head"])
+
+    def __call__(self, seqs: list[list[int]]) -> list[torch.Tensor]:
+        """Teacher-forced logits of whole sequences: one (len, vocab) tensor each."""
+        batch = Varlen.prefill(seqs)
+        hidden = self.forward(batch, self.new_kv(batch.rows))
+        logits = self.logits(hidden)
+        return [logits[int(batch.cu[i]): int(batch.cu[i + 1])] for i in range(len(seqs))]
+
+    @property
+    def n_params(self) -> int:
+        seen, n = set(), 0
+        for t in self.w.values():
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                n += t.numel()
+        return n
