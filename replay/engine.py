@@ -1,0 +1,204 @@
+"""The reference engine: what an inference engine that embeds replay looks like.
+
+Continuous batching of requests that arrive over time, a KV buffer with one slot per running
+sequence, chunked prefill, the seeded sampler, stop tokens and max_tokens. Every finished request
+becomes a Record that replay.verify can check token by token.
+
+    engine = Engine(model, max_batch=32, chunk_size=64)
+    records = engine.run([Request("r0", prompt, SamplingParams(0.8, seed=7), max_tokens=64)])
+
+Each step packs, for every running sequence, either its next prompt chunk (at most chunk_size
+tokens) or its one decode token into a single varlen batch, runs the model once, and samples for
+every sequence whose prompt is fully in the buffer. Which sequences share a step, and where a
+sequence's slot sits in the buffer, change from run to run; the logits do not (DESIGN §2).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from replay import sampling
+from replay.model import Model, Varlen
+from replay.records import Record, SamplingParams
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int = 64
+    stop_token_ids: list[int] = field(default_factory=list)
+    arrival: int = 0  # engine step at which the request arrives
+
+
+@dataclass
+class _Seq:
+    req: Request
+    slot: int
+    max_tokens: int          # capped so that prompt + output fits the slot
+    tokens: list[int]        # prompt, then output as it is sampled
+    computed: int = 0        # tokens whose keys and values are in the buffer
+    logits: list = field(default_factory=list)
+
+    @property
+    def output(self) -> list[int]:
+        return self.tokens[len(self.req.prompt):]
+
+
+class Engine:
+    """Continuous-batching generator over a replay Model.
+
+    max_batch:   running sequences at once (KV slots)
+    chunk_size:  prompt tokens a sequence may prefill per step (1 = token-by-token prefill)
+    max_seq_len: rows per slot (default: the model's context)
+    step_tokens: optional cap on tokens per step; sequences past it wait for the next step
+    keep_logits: keep the logits row each output token was sampled from (for tests)
+    placement_seed: if set, free slots are taken in a random order (tests that placement in
+                 the buffer does not matter); otherwise lowest free slot first
+    """
+
+    def __init__(self, model: Model, max_batch: int = 32, chunk_size: int = 256,
+                 max_seq_len: int | None = None, step_tokens: int | None = None,
+                 keep_logits: bool = False, placement_seed: int | None = None):
+        if max_batch < 1 or chunk_size < 1:
+            raise ValueError(f"max_batch ({max_batch}) and chunk_size ({chunk_size}) must be >= 1")
+        self.model = model
+        self.max_batch = max_batch
+        self.chunk_size = chunk_size
+        self.max_seq_len = min(max_seq_len or model.cfg.max_context, model.cfg.max_context)
+        self.step_tokens = step_tokens
+        self.keep_logits = keep_logits
+        self.kv = model.new_kv(max_batch * self.max_seq_len)
+        self._rng = random.Random(placement_seed) if placement_seed is not None else None
+        self._free = list(range(max_batch))
+        self._waiting: list[Request] = []
+        self._running: list[_Seq] = []
+        self.step_count = 0
+        self.logits: dict[str, torch.Tensor] = {}  # request_id -> (n_output, vocab), keep_logits
+        self.stats = {"steps": 0, "tokens_in": 0, "tokens_out": 0, "batch_sizes": []}
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def add(self, req: Request):
+        V = self.model.cfg.vocab_size
+        where = f"request {req.request_id!r}"
+        if not req.prompt:
+            raise ValueError(f"{where}: prompt is empty")
+        bad = [t for t in req.prompt if not 0 <= t < V]
+        if bad:
+            raise ValueError(f"{where}: prompt token {bad[0]} is outside the vocabulary (0..{V - 1})")
+        if len(req.prompt) >= self.max_seq_len:
+            raise ValueError(f"{where}: prompt of {len(req.prompt)} tokens leaves no room in a "
+                             f"{self.max_seq_len}-token context")
+        if req.max_tokens < 0:
+            raise ValueError(f"{where}: max_tokens is negative ({req.max_tokens})")
+        req.params.validate(where)
+        self._waiting.append(req)
+
+    @property
+    def idle(self) -> bool:
+        return not self._waiting and not self._running
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def _admit(self) -> list[Record]:
+        done = []
+        ready = [r for r in self._waiting if r.arrival <= self.step_count]
+        for req in ready:
+            if not self._free:
+                break
+            self._waiting.remove(req)
+            i = self._rng.randrange(len(self._free)) if self._rng else 0
+            slot = self._free.pop(i)
+            cap = min(req.max_tokens, self.max_seq_len - len(req.prompt))
+            seq = _Seq(req, slot, cap, list(req.prompt))
+            if cap == 0:
+                done.append(self._finish(seq, "length"))
+            else:
+                self._running.append(seq)
+        return done
+
+    def step(self) -> list[Record]:
+        """Admit arrivals, run one packed forward pass, sample; returns the finished records."""
+        done = self._admit()
+        chunks, seqs, budget = [], [], self.step_tokens
+        for seq in self._running:
+            n = min(len(seq.tokens) - seq.computed, self.chunk_size)
+            if budget is not None:
+                if budget <= 0 and chunks:
+                    break
+                n = max(1, min(n, budget))
+                budget -= n
+            chunks.append(seq.tokens[seq.computed: seq.computed + n])
+            seqs.append(seq)
+        self.step_count += 1
+        if not seqs:
+            return done
+        batch = Varlen.make(chunks, [s.computed for s in seqs],
+                            [s.slot * self.max_seq_len for s in seqs])
+        hidden = self.model.forward(batch, self.kv)
+        ready = []
+        for i, (seq, chunk) in enumerate(zip(seqs, chunks)):
+            seq.computed += len(chunk)
+            if seq.computed == len(seq.tokens):  # caught up: the last row predicts a new token
+                ready.append((i, seq))
+        self.stats["steps"] += 1
+        self.stats["tokens_in"] += len(batch.tokens)
+        self.stats["batch_sizes"].append(len(seqs))
+        if ready:
+            rows = batch.last_rows()[[i for i, _ in ready]]
+            logits = self.model.logits(hidden[rows])
+            ps = [s.req.params for _, s in ready]
+            toks = sampling.sample(
+                logits,
+                temperature=[p.temperature for p in ps], top_k=[p.top_k for p in ps],
+                top_p=[p.top_p for p in ps], seed=[p.seed for p in ps],
+                position=[len(s.tokens) for _, s in ready])
+            for j, (_, seq) in enumerate(ready):
+                tok = int(toks[j])
+                seq.tokens.append(tok)
+                if self.keep_logits:
+                    seq.logits.append(logits[j].clone())
+                self.stats["tokens_out"] += 1
+                if tok in seq.req.stop_token_ids:
+                    done.append(self._finish(seq, "stop"))
+                elif len(seq.output) >= seq.max_tokens:
+                    done.append(self._finish(seq, "length"))
+        return done
+
+    def _finish(self, seq: _Seq, reason: str) -> Record:
+        if seq in self._running:
+            self._running.remove(seq)
+        self._free.append(seq.slot)
+        if self.keep_logits:
+            V = self.model.cfg.vocab_size
+            self.logits[seq.req.request_id] = (torch.stack(seq.logits) if seq.logits
+                                               else torch.empty(0, V))
+        r = seq.req
+        return Record(request_id=r.request_id, prompt=list(r.prompt), output=seq.output,
+                      params=r.params, max_tokens=seq.max_tokens,
+                      stop_token_ids=list(r.stop_token_ids), model=self.model.identity,
+                      meta={"finish_reason": reason})
+
+    # -- a whole workload -----------------------------------------------------------------------
+
+    def run(self, requests: list[Request], progress: bool = False) -> list[Record]:
+        """Serve every request (each arrives at its `arrival` step); records in request order."""
+        for r in requests:
+            self.add(r)
+        out: dict[str, Record] = {}
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(requests), desc="generate", unit="req")
+        while not self.idle:
+            for rec in self.step():
+                out[rec.request_id] = rec
+                if bar:
+                    bar.update(1)
+        if bar:
+            bar.close()
+        return [out[r.request_id] for r in requests]
