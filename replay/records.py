@@ -1,0 +1,453 @@
+"""Records: one served completion each, as the trusted logger wrote it, read from JSONL or Parquet.
+
+    batch = Batch.read("logs/")                      # every *.jsonl / *.parquet shard, sorted
+    good, errors = batch.validate(vocab_size=V, max_context=C)
+    for e in errors:
+        print(e.record, e.field, e.message)
+
+Records are plain data: this module imports nothing from the rest of replay, so every layer may
+use it. Reading never stops at a bad record: each malformed line or row becomes one RecordError
+in Batch.errors (naming the record and the field), and the others are kept. Termination
+(stop token or max_tokens) is judged by the verifier; Record.termination() says which case holds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob as _glob
+import hashlib
+import hmac
+import json
+import math
+import numbers
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+SEED_LIMIT = 2**64  # seeds are uint64: the Philox key is two 32-bit words
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+# Top-level fields in file order; meta is the only optional one.
+FIELDS = ("request_id", "prompt", "output", "params", "max_tokens", "stop_token_ids", "model",
+          "meta")
+PARAM_FIELDS = ("temperature", "top_k", "top_p", "seed")
+
+
+class RecordError(ValueError):
+    """One malformed record. record: its request_id if known, else where it sits (file:line or
+    file:row N); field: the offending field ("prompt", "params.seed", ...), None when the whole
+    line or file is unreadable; location: file:line / file:row N when read from a file."""
+
+    def __init__(self, record: str, field: str | None, message: str, location: str | None = None):
+        self.record, self.field, self.message, self.location = record, field, message, location
+        at = f" ({location})" if location and location != record else ""
+        what = f"field {field!r}: " if field else ""
+        super().__init__(f"record {record!r}{at}: {what}{message}")
+
+
+def _is_int(x) -> bool:
+    # bool is an int in Python but never a token id or a count; numpy integers are fine.
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _type(x) -> str:
+    return type(x).__name__
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 means greedy (argmax, lowest index on ties)
+    top_k: int = 0            # 0 keeps every token
+    top_p: float = 1.0        # in (0, 1]
+    seed: int = 0             # uint64, keys the Philox noise
+
+    def validate(self, where: str) -> None:
+        """Raise RecordError (record=where, field="params.<name>") on the first bad parameter."""
+        def bad(name, msg):
+            raise RecordError(where, f"params.{name}", msg)
+        t, k, p, s = self.temperature, self.top_k, self.top_p, self.seed
+        if not _is_real(t):
+            bad("temperature", f"must be a number, got {_type(t)}")
+        if not math.isfinite(t) or t < 0:
+            bad("temperature", f"must be a finite number >= 0, got {t!r}")
+        if not _is_int(k):
+            bad("top_k", f"must be an integer, got {_type(k)}")
+        if k < 0:
+            bad("top_k", f"must be >= 0 (0 keeps all tokens), got {k}")
+        if not _is_real(p):
+            bad("top_p", f"must be a number, got {_type(p)}")
+        if not 0 < p <= 1:  # also rejects NaN
+            bad("top_p", f"must be in (0, 1], got {p!r}")
+        if not _is_int(s):
+            bad("seed", f"must be an integer, got {_type(s)}")
+        if not 0 <= s < SEED_LIMIT:
+            bad("seed", f"must be in [0, 2**64), got {s}")
+
+    def normalized(self) -> "SamplingParams":
+        # After validate: plain Python scalars (a JSON temperature of 1 becomes 1.0).
+        return SamplingParams(float(self.temperature), int(self.top_k), float(self.top_p),
+                              int(self.seed))
+
+
+@dataclass
+class Record:
+    request_id: str
+    prompt: list[int]
+    output: list[int]
+    params: SamplingParams
+    max_tokens: int
+    stop_token_ids: list[int]
+    model: str                # model identity, e.g. "name@sha256:<hash of the weights>"
+    meta: dict = field(default_factory=dict)  # free-form, kept on round trips
+
+    def to_dict(self) -> dict:
+        return {
+            "request_id": self.request_id,
+            "prompt": list(self.prompt),
+            "output": list(self.output),
+            "params": dataclasses.asdict(self.params),
+            "max_tokens": self.max_tokens,
+            "stop_token_ids": list(self.stop_token_ids),
+            "model": self.model,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str | None = None) -> "Record":
+        """Build a validated Record from its JSON shape; raise RecordError on the first problem.
+        where: the location (file:line) used to name the record while its request_id is unknown."""
+        loc = where or "<dict>"
+        if not isinstance(d, dict):
+            raise RecordError(loc, None, f"expected a JSON object, got {_type(d)}", where)
+        rid = d.get("request_id")
+        name = rid if isinstance(rid, str) and rid else loc
+        for k in FIELDS[:-1]:
+            if k not in d:
+                raise RecordError(name, k, "missing field", where)
+        for k in d:
+            if k not in FIELDS:
+                raise RecordError(name, k, "unknown field (free-form data belongs in 'meta')",
+                                  where)
+        params = d["params"]
+        if not isinstance(params, dict):
+            raise RecordError(name, "params", f"must be an object, got {_type(params)}", where)
+        for k in PARAM_FIELDS:
+            if k not in params:
+                raise RecordError(name, f"params.{k}", "missing field", where)
+        for k in params:
+            if k not in PARAM_FIELDS:
+                # e.g. min_p or a repetition penalty: the sampler cannot replay what it lacks
+                raise RecordError(name, f"params.{k}", "unknown sampling parameter", where)
+        rec = cls(d["request_id"], d["prompt"], d["output"], SamplingParams(**params),
+                  d["max_tokens"], d["stop_token_ids"], d["model"], d.get("meta", {}))
+        rec.validate(where=where)
+        return rec.normalized()
+
+    def normalized(self) -> "Record":
+        """A copy with plain Python ints and floats (after validate: numpy ints, a JSON
+        temperature of 1, ... become what the writers and the sampler expect)."""
+        return Record(self.request_id, [int(t) for t in self.prompt],
+                      [int(t) for t in self.output], self.params.normalized(),
+                      int(self.max_tokens), [int(t) for t in self.stop_token_ids], self.model,
+                      self.meta)
+
+    def validate(self, vocab_size: int | None = None, max_context: int | None = None,
+                 where: str | None = None) -> None:
+        """Raise RecordError on the first problem. Without vocab_size / max_context only the
+        model-independent checks run."""
+        rid = self.request_id
+        name = rid if isinstance(rid, str) and rid else (where or "<record>")
+
+        def bad(fld, msg):
+            raise RecordError(name, fld, msg, where)
+        if not isinstance(rid, str):
+            bad("request_id", f"must be a string, got {_type(rid)}")
+        if not rid:
+            bad("request_id", "must not be empty")
+        try:
+            rid.encode("utf-8")  # the seed derivation hashes these bytes
+        except UnicodeEncodeError:
+            bad("request_id", "is not encodable as UTF-8 (lone surrogate?)")
+        for fld in ("prompt", "output", "stop_token_ids"):
+            seq = getattr(self, fld)
+            if not isinstance(seq, (list, tuple)):
+                bad(fld, f"must be a list of token ids, got {_type(seq)}")
+            for i, t in enumerate(seq):
+                if not _is_int(t):
+                    bad(fld, f"token id at index {i} must be an integer, got {_type(t)} {t!r}")
+                if t < 0:
+                    bad(fld, f"token id {t} at index {i} is outside the vocabulary (negative)")
+        if not self.prompt:
+            bad("prompt", "is empty (the first output token needs a context)")
+        if not isinstance(self.params, SamplingParams):
+            bad("params", f"must be SamplingParams, got {_type(self.params)}")
+        try:
+            self.params.validate(name)
+        except RecordError as e:
+            raise RecordError(name, e.field, e.message, where) from None
+        if not _is_int(self.max_tokens):
+            bad("max_tokens", f"must be an integer, got {_type(self.max_tokens)}")
+        if self.max_tokens < 1:
+            bad("max_tokens", f"must be >= 1, got {self.max_tokens}")
+        if len(self.output) > self.max_tokens:
+            bad("output", f"has {len(self.output)} tokens, more than max_tokens={self.max_tokens}")
+        if not isinstance(self.model, str) or not self.model:
+            bad("model", f"must be a non-empty string, got {self.model!r}")
+        if not isinstance(self.meta, dict):
+            bad("meta", f"must be an object, got {_type(self.meta)}")
+        try:
+            json.dumps(self.meta)
+        except (TypeError, ValueError) as e:
+            bad("meta", f"is not JSON-serialisable: {e}")
+        if vocab_size is not None:
+            for fld in ("prompt", "output", "stop_token_ids"):
+                seq = getattr(self, fld)
+                hi = max(seq, default=-1)
+                if hi >= vocab_size:
+                    i = list(seq).index(hi)
+                    bad(fld, f"token id {hi} at index {i} is outside the vocabulary "
+                             f"(vocab_size={vocab_size})")
+        if max_context is not None:
+            n = len(self.prompt) + len(self.output)
+            if n > max_context:
+                bad("output" if len(self.prompt) <= max_context else "prompt",
+                    f"prompt + output is {n} tokens, longer than the model's context "
+                    f"({max_context})")
+
+    def termination(self) -> str:
+        """"stop": the output ends with its only stop token (also when that is at max_tokens);
+        "length": exactly max_tokens and no stop token; else "bad:<reason>". The stop token is
+        part of the output: the engine samples it like any other token, so it is verified too."""
+        n, stops = len(self.output), set(self.stop_token_ids)
+        if n > self.max_tokens:
+            return "bad:longer_than_max_tokens"
+        hits = [i for i, t in enumerate(self.output) if t in stops]
+        if hits and hits[0] < n - 1:
+            return "bad:stop_token_in_middle"
+        if hits:
+            return "stop"
+        if n == self.max_tokens:
+            return "length"
+        return "bad:neither_stop_nor_max_tokens"
+
+
+def derive_seed(key: bytes, request_id: str) -> int:
+    """The recommended logger seed: the first 8 bytes (big-endian) of HMAC-SHA256(key, request_id).
+    A server that chose its own seeds could grind them to encode bits; the logger's key stops
+    that."""
+    digest = hmac.new(key, request_id.encode("utf-8"), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+class Batch:
+    """A list-like of Records plus the RecordErrors met while reading them."""
+
+    def __init__(self, records: Iterable[Record] = (), errors: Iterable[RecordError] = ()):
+        self.records: list[Record] = list(records)
+        self.errors: list[RecordError] = list(errors)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    def __getitem__(self, i):
+        return Batch(self.records[i]) if isinstance(i, slice) else self.records[i]
+
+    def __repr__(self) -> str:
+        return f"Batch({len(self.records)} records, {len(self.errors)} errors)"
+
+    def validate(self, vocab_size: int | None = None, max_context: int | None = None
+                 ) -> tuple[list[Record], list[RecordError]]:
+        """(good records, errors): the read errors, then one error per record that fails the
+        model's checks or repeats an earlier request_id. Never raises for a bad record."""
+        good, errors = [], list(self.errors)
+        for r in self.records:
+            try:
+                r.validate(vocab_size, max_context)
+                good.append(r)
+            except RecordError as e:
+                errors.append(e)
+        good, dup = _drop_duplicates(good, [None] * len(good))
+        return good, errors + dup
+
+    # ---- JSONL ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_jsonl(cls, path) -> "Batch":
+        path = os.fspath(path)
+        records, where, errors = [], [], []
+        with open(path, "rb") as f:  # bytes: split on \n only, decode each line on its own
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                loc = f"{path}:{lineno}"
+                try:
+                    d = json.loads(line)
+                except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+                    errors.append(RecordError(loc, None, f"not valid JSON: {e}", loc))
+                    continue
+                try:
+                    records.append(Record.from_dict(d, where=loc))
+                    where.append(loc)
+                except RecordError as e:
+                    errors.append(e)
+        records, dup = _drop_duplicates(records, where)
+        return cls(records, errors + dup)
+
+    def to_jsonl(self, path) -> None:
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            for r in _checked(self.records):
+                f.write(json.dumps(r.to_dict(), ensure_ascii=False, allow_nan=False) + "\n")
+
+    # ---- Parquet --------------------------------------------------------------------------
+
+    @classmethod
+    def from_parquet(cls, path) -> "Batch":
+        """Per-row problems go to Batch.errors; an unreadable file (truncated, not Parquet,
+        missing or unknown column) raises RecordError naming the file."""
+        pq, pa = _pyarrow()
+        path = os.fspath(path)
+        try:
+            pf = pq.ParquetFile(path)
+            names = [n for n in pf.schema_arrow.names if not n.startswith("__index_level_")]
+        except (pa.ArrowException, OSError) as e:
+            raise RecordError(path, None, f"cannot read Parquet file: {e}", path) from e
+        for c in _PARQUET_COLUMNS:
+            if c not in names and c != "meta":
+                raise RecordError(path, c, "missing column", path)
+        for c in names:
+            if c not in _PARQUET_COLUMNS:
+                raise RecordError(path, c, "unknown column (free-form data belongs in 'meta')",
+                                  path)
+        records, where, errors, row = [], [], [], 0
+        try:
+            for chunk in pf.iter_batches(batch_size=4096, columns=names):
+                cols = chunk.to_pydict()
+                for i in range(chunk.num_rows):
+                    loc = f"{path}:row {row}"
+                    row += 1
+                    try:
+                        records.append(Record.from_dict(_row_to_dict(cols, i, loc), where=loc))
+                        where.append(loc)
+                    except RecordError as e:
+                        errors.append(e)
+        except (pa.ArrowException, OSError) as e:
+            raise RecordError(path, None, f"cannot read Parquet file at row {row}: {e}",
+                              path) from e
+        records, dup = _drop_duplicates(records, where)
+        return cls(records, errors + dup)
+
+    def to_parquet(self, path) -> None:
+        pq, pa = _pyarrow()
+        rs, tok = _checked(self.records), pa.list_(pa.int64())
+        cols = {
+            "request_id": pa.array([r.request_id for r in rs], pa.string()),
+            "prompt": pa.array([list(r.prompt) for r in rs], tok),
+            "output": pa.array([list(r.output) for r in rs], tok),
+            # float64 so that a temperature round-trips exactly; the sampler narrows it itself
+            "temperature": pa.array([float(r.params.temperature) for r in rs], pa.float64()),
+            "top_k": pa.array([int(r.params.top_k) for r in rs], pa.int64()),
+            "top_p": pa.array([float(r.params.top_p) for r in rs], pa.float64()),
+            "seed": pa.array([int(r.params.seed) for r in rs], pa.uint64()),
+            "max_tokens": pa.array([int(r.max_tokens) for r in rs], pa.int64()),
+            "stop_token_ids": pa.array([list(r.stop_token_ids) for r in rs], tok),
+            "model": pa.array([r.model for r in rs], pa.string()),
+            "meta": pa.array([json.dumps(r.meta, ensure_ascii=False) for r in rs], pa.string()),
+        }
+        pq.write_table(pa.table(cols), path)
+
+    # ---- any format -----------------------------------------------------------------------
+
+    @classmethod
+    def read(cls, path) -> "Batch":
+        """One file (format by suffix), a directory (its *.jsonl / *.parquet files) or a glob.
+        With several shards, an unreadable shard becomes one error and the others are kept; one
+        file that cannot be read raises."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                           if f.endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES))
+            if not files:
+                raise FileNotFoundError(f"{path}: no *.jsonl or *.parquet files")
+        elif any(c in path for c in "*?["):
+            files = sorted(_glob.glob(path))
+            if not files:
+                raise FileNotFoundError(f"{path}: no file matches")
+        else:
+            return cls._read_one(path)
+        records, where, errors = [], [], []
+        for f in files:
+            try:
+                b = cls._read_one(f)
+            except RecordError as e:
+                errors.append(e)
+                continue
+            records += b.records
+            where += [f] * len(b.records)
+            errors += b.errors
+        # request ids must be unique across shards too
+        records, dup = _drop_duplicates(records, where)
+        return cls(records, errors + dup)
+
+    @classmethod
+    def _read_one(cls, path: str) -> "Batch":
+        if path.endswith(JSONL_SUFFIXES):
+            return cls.from_jsonl(path)
+        if path.endswith(PARQUET_SUFFIXES):
+            return cls.from_parquet(path)
+        known = JSONL_SUFFIXES + PARQUET_SUFFIXES
+        raise ValueError(f"{path}: unknown record format (expected a suffix in {known})")
+
+
+_PARQUET_COLUMNS = ("request_id", "prompt", "output", *PARAM_FIELDS, "max_tokens",
+                    "stop_token_ids", "model", "meta")
+
+
+def _row_to_dict(cols: dict, i: int, loc: str) -> dict:
+    # Parquet row -> the JSON shape. A null cell counts as a missing field.
+    d = {k: v[i] for k, v in cols.items() if v[i] is not None and k not in PARAM_FIELDS}
+    d["params"] = {k: cols[k][i] for k in PARAM_FIELDS if cols[k][i] is not None}
+    if "meta" in d:
+        rid = d.get("request_id") if isinstance(d.get("request_id"), str) else loc
+        try:
+            d["meta"] = json.loads(d["meta"])
+        except (TypeError, ValueError) as e:
+            raise RecordError(rid or loc, "meta", f"is not a JSON string: {e}", loc) from e
+    return d
+
+
+def _checked(records: list[Record]) -> list[Record]:
+    # Never write what we would refuse to read.
+    for r in records:
+        r.validate()
+    return [r.normalized() for r in records]
+
+
+def _drop_duplicates(records: list[Record], where: list) -> tuple[list[Record], list[RecordError]]:
+    # The first occurrence of a request_id is kept; each repeat is rejected (it is not the record
+    # the logger registered first, and two verdicts for one id would be ambiguous).
+    seen: dict[str, Any] = {}
+    kept, errors = [], []
+    for r, loc in zip(records, where):
+        if r.request_id in seen:
+            first = seen[r.request_id]
+            msg = "duplicate request_id in the batch" + (f" (first at {first})" if first else "")
+            errors.append(RecordError(r.request_id, "request_id", msg, loc))
+        else:
+            seen[r.request_id] = loc
+            kept.append(r)
+    return kept, errors
+
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:  # optional: pip install 'replay[tables]'
+        raise ImportError("Parquet records need pyarrow: pip install 'replay[tables]'") from e
+    return pq, pa
