@@ -190,8 +190,8 @@ class Record:
             raise RecordError(name, e.field, e.message, where) from None
         if not _is_int(self.max_tokens):
             bad("max_tokens", f"must be an integer, got {_type(self.max_tokens)}")
-        if self.max_tokens < 1:
-            bad("max_tokens", f"must be >= 1, got {self.max_tokens}")
+        if self.max_tokens < 0:  # 0 is allowed: an empty output, terminated by "length"
+            bad("max_tokens", f"must be >= 0, got {self.max_tokens}")
         if len(self.output) > self.max_tokens:
             bad("output", f"has {len(self.output)} tokens, more than max_tokens={self.max_tokens}")
         if not isinstance(self.model, str) or not self.model:

@@ -131,7 +131,7 @@ MALFORMED = [
     (good_dict(stop_token_ids=[-1]), "stop_token_ids", "outside the vocabulary"),
     (good_dict(prompt=[]), "prompt", "empty"),
     (good_dict(output=[1] * 17), "output", "more than max_tokens"),
-    (good_dict(max_tokens=0), "max_tokens", ">= 1"),
+    (good_dict(max_tokens=-1, output=[]), "max_tokens", ">= 0"),
     (good_dict(max_tokens="16"), "max_tokens", "must be an integer"),
     (good_dict(model=""), "model", "non-empty"),
     (good_dict(meta=[1]), "meta", "must be an object"),
@@ -295,6 +295,7 @@ def test_read_directory_and_glob_of_shards(tmp_path):
     ([2, 2], 4, "bad:stop_token_in_middle"),
     ([4, 5], 8, "bad:neither_stop_nor_max_tokens"),
     ([], 8, "bad:neither_stop_nor_max_tokens"),
+    ([], 0, "length"),
     ([4, 5, 6, 7], 3, "bad:longer_than_max_tokens"),
 ])
 def test_termination(output, max_tokens, want):
