@@ -180,10 +180,10 @@ class Varlen:
 class KVBuffer:
     """Keys and values of every layer: (rows, n_kv_heads, head_dim) each, float32."""
 
-    def __init__(self, cfg: ModelConfig, rows: int, device="cpu"):
+    def __init__(self, cfg: ModelConfig, rows: int, device="cpu", dtype=torch.float32):
         shape = (rows, cfg.n_kv_heads, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, device=device) for _ in range(cfg.n_layers)]
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.rows = rows
 
 
@@ -196,6 +196,22 @@ class Model:
         self.identity = identity or f"{cfg.arch}-random"
         self.w = weights
         self.cos, self.sin = rope_tables(cfg, cfg.max_context)
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+
+    def to(self, device=None, dtype=None) -> "Model":
+        """Move the weights (and cast them: bfloat16 / float16 on CUDA). The CPU kernels are
+        float32; rotary tables stay float32 everywhere."""
+        self.device = torch.device(device) if device is not None else self.device
+        self.dtype = dtype or self.dtype
+        if self.device.type == "cpu" and self.dtype != torch.float32:
+            raise ValueError(f"replay's CPU kernels are float32; got {self.dtype}")
+        moved = {}
+        for k, t in self.w.items():  # keep tied tensors tied
+            key = t.data_ptr()
+            moved.setdefault(key, t.to(self.device, self.dtype).contiguous())
+            self.w[k] = moved[key]
+        self.cos, self.sin = self.cos.to(self.device), self.sin.to(self.device)
+        return self
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -214,22 +230,26 @@ class Model:
         return cls(cfg, weights, ident)
 
     @classmethod
-    def random(cls, cfg: ModelConfig, seed: int = 0, std: float = 0.02) -> "Model":
-        """Random weights (no download), for tests and benchmarks."""
+    def random(cls, cfg: ModelConfig, seed: int = 0, std: float = 0.02, device="cpu",
+               dtype=torch.float32) -> "Model":
+        """Random weights (no download), for tests and benchmarks; drawn on `device`, so an
+        8B-shaped model can be made directly on a GPU."""
         from replay.weights import fuse, hf_names
 
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator(device=device).manual_seed(seed)
         hf = {}
         for name, shape in hf_names(cfg).items():
+            t = torch.randn(shape, generator=g, device=device, dtype=dtype)
             if name.endswith("norm.weight") or "layernorm" in name:
-                hf[name] = 1.0 + 0.1 * torch.randn(shape, generator=g)
+                hf[name] = t.mul_(0.1).add_(1.0)
             else:
-                hf[name] = std * torch.randn(shape, generator=g)
+                hf[name] = t.mul_(std)
         h = hashlib.sha256(json.dumps(cfg.__dict__, sort_keys=True, default=str).encode())
-        return cls(cfg, fuse(hf, cfg), f"{cfg.arch}-random-{seed}-{h.hexdigest()[:12]}")
+        m = cls(cfg, fuse(hf, cfg), f"{cfg.arch}-random-{seed}-{h.hexdigest()[:12]}")
+        return m.to(device, dtype)
 
     def new_kv(self, rows: int) -> KVBuffer:
-        return KVBuffer(self.cfg, rows)
+        return KVBuffer(self.cfg, rows, self.device, self.dtype)
 
     # -- forward -------------------------------------------------------------------------------
 
@@ -240,11 +260,13 @@ class Model:
         T = len(batch.tokens)
         Hq, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         pos = batch.positions()
-        rows = batch.buffer_rows()
         if T and int(pos.max()) >= cfg.max_context:
             raise ValueError(f"position {int(pos.max())} exceeds the model's context "
                              f"({cfg.max_context})")
-        x = w["embed"][batch.tokens]                                       # (T, hidden)
+        dev = self.device
+        pos, rows = pos.to(dev), batch.buffer_rows().to(dev)
+        cu, pos0, kv_start = batch.cu.to(dev), batch.pos0.to(dev), batch.kv_start.to(dev)
+        x = w["embed"][batch.tokens.to(dev)]                               # (T, hidden)
         residual = None
         for i in range(cfg.n_layers):
             p = f"layers.{i}."
@@ -263,7 +285,7 @@ class Model:
             ops.rope_(k, pos, self.cos, self.sin)
             kv.k[i][rows] = k
             kv.v[i][rows] = v
-            o = ops.attention(q, kv.k[i], kv.v[i], batch.cu, batch.pos0, batch.kv_start,
+            o = ops.attention(q, kv.k[i], kv.v[i], cu, pos0, kv_start,
                               1.0 / math.sqrt(D), cfg.window)               # (T, Hq, D)
             x = ops.linear(o.view(T, Hq * D), w[p + "wo"], w.get(p + "bo"))
             h, residual = ops.add_rms_norm(x, residual, w[p + "ln2"], cfg.rms_norm_eps)
@@ -273,8 +295,8 @@ class Model:
         return ops.add_rms_norm(x, residual, w["norm"], cfg.rms_norm_eps)[0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """LM head: (n, hidden) -> (n, vocab) float32."""
-        return ops.linear(hidden, self.w["lm_head"])
+        """LM head: (n, hidden) -> (n, vocab) float32 (the sampler's input dtype)."""
+        return ops.linear(hidden, self.w["lm_head"]).float()
 
     def __call__(self, seqs: list[list[int]]) -> list[torch.Tensor]:
         """Teacher-forced logits of whole sequences: one (len, vocab) tensor each."""

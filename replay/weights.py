@@ -45,7 +45,7 @@ def hf_names(cfg) -> dict[str, tuple[int, ...]]:
 
 
 def fuse(hf: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
-    """HF tensors (float32) -> replay's fused layout."""
+    """HF tensors -> replay's fused layout (dtype kept)."""
     w = {"embed": hf["model.embed_tokens.weight"], "norm": hf["model.norm.weight"]}
     w["lm_head"] = w["embed"] if cfg.tie_embeddings else hf["lm_head.weight"]
     for i in range(cfg.n_layers):
@@ -67,7 +67,7 @@ def fuse(hf: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
         w[r + "wgu"] = torch.cat([hf[p + "mlp.gate_proj.weight"],
                                   hf[p + "mlp.up_proj.weight"]]).contiguous()
         w[r + "wdown"] = hf[p + "mlp.down_proj.weight"]
-    return {k: v.float().contiguous() for k, v in w.items()}
+    return {k: v.contiguous() for k, v in w.items()}
 
 
 def _shards(path: str) -> list[str]:
