@@ -2,7 +2,8 @@
 model runs. It is the only caller of replay._C.
 
 Two backends:
-- "replay" (default): replay's batch-invariant kernels. On CPU, the C++ kernels in csrc/cpu.
+- "replay" (default): replay's batch-invariant kernels. On CPU, the C++ kernels in csrc/cpu
+  (float32); on CUDA, the Triton kernels in replay.kernels (float32, bfloat16, float16).
 - "torch": plain torch ops with the same signatures. Numerically close, but a row's result can
   depend on the batch it sits in; tests use it to show that the replay contract can fail.
 
@@ -49,9 +50,14 @@ def _check(cond: bool, msg: str):
         raise ValueError(msg)
 
 
+_CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def _f32(name: str, t: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """A float32 tensor; on CUDA also bfloat16 or float16 (the Triton kernels take all three)."""
     _check(isinstance(t, torch.Tensor), f"{name}: expected a tensor, got {type(t).__name__}")
-    _check(t.dtype == torch.float32, f"{name}: expected float32, got {t.dtype}")
+    _check(t.dtype in _CUDA_DTYPES if t.is_cuda else t.dtype == torch.float32,
+           f"{name}: expected float32 (or bfloat16/float16 on CUDA), got {t.dtype}")
     if dim is not None:
         _check(t.dim() == dim, f"{name}: expected {dim} dimensions, got shape {tuple(t.shape)}")
     return t.contiguous()
@@ -70,7 +76,7 @@ def _use_native(*ts: torch.Tensor) -> bool:
     dev = ts[0].device
     for t in ts:
         _check(t.device == dev, f"all tensors must be on one device, got {dev} and {t.device}")
-    if dev.type == "cpu":
+    if dev.type in ("cpu", "cuda"):  # cuda: the Triton kernels, imported on first use
         return True
     raise NotImplementedError(
         f"replay has no kernels for device {dev.type!r} in this build; run on CPU, or use "
@@ -98,6 +104,9 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -
                                             f"{w.shape[0]} rows")
     if not _use_native(x, w):
         return F.linear(x, w, bias)
+    if x.is_cuda:
+        from replay.kernels.matmul import matmul
+        return matmul(x, w, bias)
     M, K = x.shape
     N = w.shape[0]
     out = torch.empty(M, N, dtype=torch.float32, device=x.device)
@@ -113,6 +122,9 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     _check(x.shape[1] == w.shape[0], f"rms_norm: x is {tuple(x.shape)}, w is {tuple(w.shape)}")
     if not _use_native(x, w):
         return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)) * w
+    if x.is_cuda:
+        from replay.kernels.rmsnorm import rms_norm as rms_norm_cuda
+        return rms_norm_cuda(x, w, eps)
     out = torch.empty_like(x)
     if x.numel():
         C().rms_norm_f32(_p(x), _p(w), _p(out), x.shape[0], x.shape[1], float(eps))
@@ -130,6 +142,9 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, eps: 
         return rms_norm(r, w, eps), r
     w = _f32("w", w, 1)
     _check(x.shape[1] == w.shape[0], f"add_rms_norm: x is {tuple(x.shape)}, w is {tuple(w.shape)}")
+    if x.is_cuda:
+        from replay.kernels.rmsnorm import add_rms_norm as add_rms_norm_cuda
+        return add_rms_norm_cuda(x, residual, w, eps)
     out = torch.empty_like(x)
     res_out = torch.empty_like(x)
     if x.numel():
@@ -146,6 +161,9 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if not _use_native(gate_up):
         g, u = gate_up.chunk(2, dim=-1)
         return F.silu(g) * u
+    if gate_up.is_cuda:
+        from replay.kernels.elementwise import silu_mul as silu_mul_cuda
+        return silu_mul_cuda(gate_up)
     out = torch.empty(M, F2 // 2, dtype=torch.float32, device=gate_up.device)
     if out.numel():
         C().silu_mul_f32(_p(gate_up), _p(out), M, F2 // 2)
@@ -158,7 +176,8 @@ def rope_(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torc
     x: (T, H, D) contiguous, positions: (T,) absolute positions, cos/sin: (max_pos, D/2).
     out[:h] = x[:h]*cos - x[h:]*sin ; out[h:] = x[h:]*cos + x[:h]*sin, with h = D/2.
     """
-    _check(x.dtype == torch.float32 and x.dim() == 3 and x.is_contiguous(),
+    _check((x.dtype in _CUDA_DTYPES if x.is_cuda else x.dtype == torch.float32)
+           and x.dim() == 3 and x.is_contiguous(),
            f"rope_: x must be a contiguous float32 (T, H, D) tensor, got {x.dtype} "
            f"{tuple(x.shape)}")
     T, H, D = x.shape
@@ -178,6 +197,9 @@ def rope_(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torc
         x[..., : D // 2] = x1 * c - x2 * s
         x[..., D // 2:] = x2 * c + x1 * s
         return x
+    if x.is_cuda:
+        from replay.kernels.elementwise import rope_ as rope_cuda
+        return rope_cuda(x, positions, cos, sin)
     if x.numel():
         C().rope_f32(_p(x), _p(positions), _p(cos), _p(sin), T, H, D)
     return x
@@ -188,6 +210,9 @@ def log_softmax(x: torch.Tensor) -> torch.Tensor:
     x = _f32("x", x, 2)
     if not _use_native(x):
         return torch.log_softmax(x, dim=-1)
+    if x.is_cuda:
+        from replay.kernels.log_softmax import log_softmax as log_softmax_cuda
+        return log_softmax_cuda(x)
     out = torch.empty_like(x)
     if x.numel():
         C().log_softmax_f32(_p(x), _p(out), x.shape[0], x.shape[1])
@@ -244,6 +269,9 @@ def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, cu_q: t
         scale = 1.0 / math.sqrt(D)
     if not _use_native(q, k_buf, v_buf):
         return _attention_torch(q, k_buf, v_buf, cu_q, pos0, kv_start, scale, window)
+    if q.is_cuda:
+        from replay.kernels.attention import attention as attention_cuda
+        return attention_cuda(q, k_buf, v_buf, cu_q, pos0, kv_start, scale, window)
     out = torch.empty_like(q)
     if T:
         C().attention_f32(_p(q), _p(k_buf), _p(v_buf), _p(out), _p(cu_q), _p(pos0),
