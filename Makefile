@@ -1,13 +1,14 @@
 # make demo   set everything up (virtual environment, build) and run the demo
 # make test   set everything up and run the tests
 # make bench  run the CPU benchmarks and write bench/results/
+# make cuda-check  compile the CUDA sources with nvcc (no GPU needed; CI runs it)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The C++ kernels parallelise with OpenMP over output tiles, rows and heads.
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: demo test bench build setup clean
+.PHONY: demo test bench build setup clean cuda-check
 
 $(VENV)/.installed: requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,17 @@ test: build
 
 bench: build
 	$(PY) -m pytest -q bench --benchmark-only
+
+# Every csrc/cuda/*.cu must compile for the GPUs we target, even on machines without one.
+NVCC ?= nvcc
+cuda-check:
+	@command -v $(NVCC) >/dev/null || { echo "cuda-check: nvcc not found" >&2; exit 1; }
+	@set -e; for f in csrc/cuda/*.cu; do \
+	  echo "nvcc $$f"; \
+	  $(NVCC) -c -O3 -std=c++17 -fmad=false -Xcompiler -fPIC -Xcompiler -Wall -Icsrc \
+	    -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+	    $$f -o /tmp/replay-cuda-check-$$(basename $$f .cu).o; \
+	done
 
 clean:
 	rm -rf build replay/_C*.so *.egg-info

@@ -11,6 +11,10 @@ import sys
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
+try:
+    from setuptools.modified import newer_group
+except ImportError:  # setuptools < 69
+    from setuptools.dep_util import newer_group
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -27,23 +31,80 @@ def _native_flags():
     return flags
 
 
+def _cuda_home(nvcc):
+    for d in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if d and os.path.isdir(os.path.join(d, "include")):
+            return d
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
+def _find_nvcc():
+    if os.environ.get("REPLAY_SKIP_CUDA_BUILD", "0") == "1":
+        return None
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return os.path.join(home, "bin", "nvcc")
+    return shutil.which("nvcc")
+
+
+# -fmad=false: like -ffp-contract=off on the host, nvcc must not fuse a*b+c where we did not ask.
+# sm_80 / sm_90 machine code, plus compute_90 PTX that newer GPUs can JIT.
+NVCC_FLAGS = ["-O3", "-std=c++17", "-fmad=false", "-Xcompiler", "-fPIC", "-I" + os.path.join(HERE, "csrc"),
+              "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
+              "-gencode", "arch=compute_90,code=compute_90"]
+
 cpu_sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+headers = sorted(glob.glob(os.path.join("csrc", "*", "*.h")))
+cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+nvcc = _find_nvcc() if cuda_sources else None
+if cuda_sources and not nvcc:
+    print("replay: nvcc not found (or REPLAY_SKIP_CUDA_BUILD=1); building without CUDA kernels",
+          file=sys.stderr)
+
+sources, macros, link_args = cpu_sources, [], ["-fopenmp"]
+if nvcc:
+    # The pybind11 glue of the CUDA kernels is host C++; the .cu files are compiled by BuildExt.
+    # cudart is linked statically: `import replay._C` needs no libcudart, GPU or driver; the
+    # driver is loaded at the first CUDA call.
+    cuda_lib = next((d for d in (os.path.join(_cuda_home(nvcc), sub) for sub in
+                                 ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib")))
+                     if os.path.exists(os.path.join(d, "libcudart_static.a"))), None)
+    if cuda_lib is None:
+        print("replay: libcudart_static.a not found; building without CUDA kernels",
+              file=sys.stderr)
+        nvcc = None
+    else:
+        sources = cpu_sources + sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+        macros = [("REPLAY_WITH_CUDA", "1")]
+        link_args = link_args + ["-L" + cuda_lib, "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
+
 ext = Pybind11Extension(
     "replay._C",
-    cpu_sources,
+    sources,
     include_dirs=[os.path.join(HERE, "csrc")],
+    define_macros=macros,
     extra_compile_args=_native_flags(),
-    extra_link_args=["-fopenmp"],
+    extra_link_args=link_args,
+    depends=headers + cuda_sources,
     cxx_std=17,
 )
 
-# CUDA: compiled into replay._C when available (see csrc/cuda and the GPU issue).
-nvcc = shutil.which("nvcc") or (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
-                                if os.environ.get("CUDA_HOME") else None)
-if os.environ.get("REPLAY_SKIP_CUDA_BUILD", "0") == "1":
-    nvcc = None
-cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-if cuda_sources and not nvcc:
-    print("replay: nvcc not found; building without CUDA kernels", file=sys.stderr)
 
-setup(ext_modules=[ext], cmdclass={"build_ext": build_ext})
+class BuildExt(build_ext):
+    """pybind11's build_ext, plus: csrc/cuda/*.cu compiled by nvcc and linked into replay._C."""
+
+    def build_extension(self, ext):
+        if nvcc:
+            stale = self.force or newer_group(ext.sources + ext.depends,
+                                              self.get_ext_fullpath(ext.name), "newer")
+            ext.extra_objects = []
+            for src in cuda_sources:
+                obj = os.path.join(self.build_temp, src[:-3] + ".o")
+                if stale or not os.path.exists(obj):
+                    os.makedirs(os.path.dirname(obj), exist_ok=True)
+                    self.spawn([nvcc, *NVCC_FLAGS, "-c", src, "-o", obj])
+                ext.extra_objects.append(obj)
+        super().build_extension(ext)
+
+
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})

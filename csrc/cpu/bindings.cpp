@@ -6,4 +6,9 @@ PYBIND11_MODULE(_C, m) {
   replay::register_linalg(m);
   replay::register_attention(m);
   replay::register_sampler(m);
+#ifdef REPLAY_WITH_CUDA
+  replay::register_cuda(m);
+#else
+  m.attr("has_cuda") = false;
+#endif
 }

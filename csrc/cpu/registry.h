@@ -6,4 +6,7 @@ namespace replay {
 void register_linalg(pybind11::module_& m);     // linalg.cpp: linear, norms, elementwise, log_softmax
 void register_attention(pybind11::module_& m);  // attention.cpp: varlen attention over a KV buffer
 void register_sampler(pybind11::module_& m);    // sampler.cpp: Philox, Gumbel-max sampling, scoring
+#ifdef REPLAY_WITH_CUDA
+void register_cuda(pybind11::module_& m);  // csrc/cuda/bindings_cuda.cpp: CUDA sampler and scoring
+#endif
 }  // namespace replay
