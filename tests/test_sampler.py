@@ -191,6 +191,28 @@ def test_sampled_tie_goes_to_the_lowest_index_in_top_p():
     assert sampling.sample(l, 1.0, 1, 1.0, list(range(50)), 3).tolist() == [1] * 50
 
 
+def test_top_p_keeps_the_prefix_whose_mass_reaches_exactly_top_p():
+    # e = [1, 1, 0, 0] (the last two underflow), S = 2: c_1 = 1 >= 0.5 * S keeps token 0 alone
+    l = torch.tensor([[0.0, 0.0, -200.0, -200.0], [0.0, 0.0, -1.0, -1.0]])
+    p = dict(temperature=1.0, top_k=[0, 2], top_p=0.5, position=3)
+    for seed in range(40):
+        s = sampling.score(l, seed=seed, claimed=[1, 1], **p)
+        assert s["choice"].tolist() == [0, 0] and s["kept"].tolist() == [1, 1]
+        assert s["in_top_p"].tolist() == [False, False] and s["in_top_k"].tolist() == [True, True]
+        assert s["margin"].tolist() == [math.inf, math.inf]
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (3, 1.0), (0, 0.999), (4, 0.999)])
+def test_ties_in_y_go_to_the_lowest_index(top_k, top_p):
+    # Near 4e7 the float32 spacing is 4, so z + G often rounds to the same y for tokens with
+    # different z: the lowest id must win, even where the search meets it after a higher one.
+    l = torch.tensor([4e7, 4e7 + 4, 4e7 - 4, 4e7 + 4, 4e7, 0.0]).expand(64, 6).contiguous()
+    p = dict(temperature=1.0, top_k=top_k, top_p=top_p, seed=list(range(64)), position=5)
+    got = sampling.sample(l, **p)
+    want = [ref.sample(l[0].numpy(), 1.0, top_k, top_p, s, 5) for s in range(64)]
+    assert got.tolist() == want and len(set(want)) > 1
+
+
 @pytest.mark.parametrize("top_k", [0, 2])
 def test_frequencies_follow_softmax(top_k):
     # Gumbel-max: P(token i) = softmax(z)_i over the kept tokens. 20000 seeds, 5 tokens,
