@@ -145,6 +145,25 @@ def test_add_rms_norm():
     assert torch.equal(y3, y[5:8]) and torch.equal(res3, res[5:8])
 
 
+def test_vectorised_exp_gives_rp_exp_bits():
+    """silu_mul, log_softmax and attention call rp_exp in `omp simd` loops; the vector code must
+    give the scalar function's bits, also at the range limits and on specials."""
+    bits = torch.randint(-2 ** 31, 2 ** 31 - 1, (1 << 16,), generator=gen(38), dtype=torch.int64)
+    x = torch.cat([bits.to(torch.int32).view(torch.float32),
+                   torch.linspace(-110.0, 95.0, 20011),
+                   torch.tensor([0.0, -0.0, 1e-30, 88.72, 89.0, 89.01, -87.34, -103.97, -104.0,
+                                 -104.01, float("inf"), -float("inf"), float("nan")])])
+    outs = []
+    for vectorised in (False, True):
+        out = torch.empty_like(x)
+        C().exp_f32(x.data_ptr(), out.data_ptr(), x.numel(), vectorised)
+        outs.append(out.view(torch.int32))
+    assert torch.equal(outs[0], outs[1])
+    ok = x.abs() < 80
+    assert torch.allclose(outs[1].view(torch.float32)[ok].double(), x[ok].double().exp(),
+                          rtol=4 * U, atol=0)
+
+
 def test_silu_mul():
     gu = randn(7, 2 * 97, seed=20, scale=6.0)
     y = ops.silu_mul(gu)

@@ -124,6 +124,9 @@ void linear_isa(const float* x, const float* w, const float* bias, float* out, i
 using V = simd::VBest;
 constexpr int64_t kParallelMin = 1 << 15;  // below this many elements a thread team costs more
 
+// rp_exp kept out of line, so that the compiler cannot vectorise the reference loop of exp_f32.
+[[gnu::noinline]] float scalar_exp(float x) { return rp_exp(x); }
+
 template <class T> const T* cptr(uintptr_t p) { return reinterpret_cast<const T*>(p); }
 inline float* fptr(uintptr_t p) { return reinterpret_cast<float*>(p); }
 
@@ -164,6 +167,7 @@ void silu_mul_f32(uintptr_t gate_up, uintptr_t out, int64_t M, int64_t F) {
   for (int64_t m = 0; m < M; ++m) {
     const float *g = gu + m * 2 * F, *u = g + F;
     float* o = op + m * F;
+#pragma omp simd  // vectorised rp_exp: the same +, *, fma and selects per lane, the same bits
     for (int64_t f = 0; f < F; ++f) o[f] = (g[f] / (1.0f + rp_exp(-g[f]))) * u[f];
   }
 }
@@ -201,9 +205,23 @@ void log_softmax_f32(uintptr_t x, uintptr_t out, int64_t M, int64_t N) {
     float* o = op + m * N;
     float mx = xr[0];
     for (int64_t n = 1; n < N; ++n) mx = std::max(mx, xr[n]);  // exact in any order
+#pragma omp simd
     for (int64_t n = 0; n < N; ++n) o[n] = rp_exp(xr[n] - mx);
     const float lse = rp_log(simd::sum<V>(o, N));
     for (int64_t n = 0; n < N; ++n) o[n] = (xr[n] - mx) - lse;
+  }
+}
+
+// out[i] = rp_exp(x[i]), in the vectorised loop the kernels use or one scalar call at a time; the
+// tests check that both give rp_exp's bits.
+void exp_f32(uintptr_t x, uintptr_t out, int64_t n, bool vectorised) {
+  const float* xp = cptr<float>(x);
+  float* op = fptr(out);
+  if (vectorised) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) op[i] = rp_exp(xp[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) op[i] = scalar_exp(xp[i]);
   }
 }
 
@@ -236,6 +254,7 @@ void register_linalg(pybind11::module_& m) {
   m.def("silu_mul_f32", &silu_mul_f32, "out[M,F] = silu(gate) * up, gate_up = [gate | up]");
   m.def("rope_f32", &rope_f32, "rotary embedding in place on x[T,H,D], rotate-half");
   m.def("log_softmax_f32", &log_softmax_f32, "row-wise log-softmax of x[M,N]");
+  m.def("exp_f32", &exp_f32, "rp_exp over n floats, vectorised or not (for the tests)");
   m.def("best_isa", &simd::best_isa, "the widest compiled code path (0 scalar, 1 AVX2, 2 AVX-512)");
   m.def("set_num_threads", [](int n) { omp_set_num_threads(n); },
         "OpenMP threads of the CPU kernels (results do not depend on it)");
