@@ -9,6 +9,7 @@
 #   bench/gpu_suite.sh bench [--quick] [--sections matmul,prefill,decode,model]
 #   bench/gpu_suite.sh table                  rebuild and print the table from what has run
 #   ... --dry                                 no GPU: CPU, tiny shapes (what CI runs)
+#   ... --out PATH                            the table somewhere else
 #
 # The lent machine allows 10 minutes per command: the whole script keeps to REPLAY_SUITE_LIMIT
 # seconds (default 570), giving each phase what is left; the benchmarks stop starting new points
@@ -155,7 +156,7 @@ fi
 [[ $PHASE == table ]] || setup
 [[ $PHASE == setup ]] && exit 0
 
-TABLE=$("$PY" bench/gpu_bench.py --where "${DRY_ARG[@]}")
+TABLE=$("$PY" bench/gpu_bench.py --where "${BENCH_ARGS[@]}")  # honours --out and --dry
 PARTS=${TABLE%.md}.parts
 mkdir -p "$PARTS"
 case $PHASE in
