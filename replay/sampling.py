@@ -61,9 +61,11 @@ def _logits(logits) -> torch.Tensor:
         logits = logits.contiguous()
     if logits.numel():
         # The order and the top-p mass are undefined on NaN, +inf, or a row with no finite logit.
-        _check(not torch.isnan(logits).any(), "logits: contains NaN")
-        _check(not torch.isposinf(logits).any(), "logits: contains +inf")
-        _check(bool((logits.amax(dim=1) > float("-inf")).all()), "logits: a row is all -inf")
+        # One pass: a row's max is NaN if it holds a NaN, +inf if it holds one.
+        mx = logits.amax(dim=1)
+        _check(not torch.isnan(mx).any(), "logits: contains NaN")
+        _check(not torch.isposinf(mx).any(), "logits: contains +inf")
+        _check(bool((mx > float("-inf")).all()), "logits: a row is all -inf")
     return logits
 
 

@@ -36,8 +36,25 @@ struct Choice {
 
 struct Scratch {  // per thread, reused across rows
   std::vector<float> z, e;
-  std::vector<uint64_t> keys;
+  std::vector<uint64_t> keys, tmp;
 };
+
+// Sorts order keys (z word << 32 | token) by their high word: a stable LSD radix sort, 8 bits a
+// pass, skipping bytes that all keys share. Keys that enter in ascending token order leave in the
+// sampler's order (z desc, id asc), the same as std::sort on the whole keys, in O(n).
+void radix_sort_high_word(uint64_t* a, uint64_t* tmp, int64_t n) {
+  uint64_t* src = a;
+  uint64_t* dst = tmp;
+  for (int shift = 32; shift < 64; shift += 8) {
+    int64_t count[257] = {0};
+    for (int64_t i = 0; i < n; ++i) ++count[((src[i] >> shift) & 0xff) + 1];
+    if (n == 0 || count[((src[0] >> shift) & 0xff) + 1] == n) continue;
+    for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
+    for (int64_t i = 0; i < n; ++i) dst[count[(src[i] >> shift) & 0xff]++] = src[i];
+    std::swap(src, dst);
+  }
+  if (src != a) std::copy(src, src + n, a);
+}
 
 int64_t argmax_lowest(const float* x, int64_t V) {
   int64_t best = 0;
@@ -90,25 +107,35 @@ Choice choose(const Row& r, Scratch& s) {
     search(r, z, V, [](int64_t j) { return j; }, false, i0, &c);
     return c;
   }
-  // The candidates, as order keys: the first K in the order (selection, not a sort).
+  // Order keys of the candidates. For top_p, tokens with z - zmax < -104 have e = rp_exp(.) = 0
+  // exactly and come last in the order; adding zeros leaves every later cumulative sum at S, which
+  // already reaches top_p * S. So only the others need sorting.
+  const float zmax = z[i0];
   s.keys.resize(V);
   uint64_t* keys = s.keys.data();
-  for (int64_t i = 0; i < V; ++i) keys[i] = rp_order_key(z[i], static_cast<uint32_t>(i));
-  if (K < V) std::nth_element(keys, keys + K, keys + V);
   auto tok = [keys](int64_t j) { return static_cast<int64_t>(rp_key_token(keys[j])); };
-  if (r.top_p >= 1.0f) {
-    c.kept = K;
-    search(r, z, K, tok, false, i0, &c);
-    return c;
+  auto order_key = [z](int64_t i) { return rp_order_key(z[i], static_cast<uint32_t>(i)); };
+  int64_t n = 0;
+  if (r.top_p >= 1.0f || K < V) {
+    // The first K in the order: a selection (nth_element), sorted only if top_p needs it.
+    for (int64_t i = 0; i < V; ++i) keys[i] = order_key(i);
+    std::nth_element(keys, keys + K, keys + V);
+    if (r.top_p >= 1.0f) {
+      c.kept = K;
+      search(r, z, K, tok, false, i0, &c);
+      return c;
+    }
+    n = std::partition(keys, keys + K, [&](uint64_t k) {
+          return rp_sub(z[rp_key_token(k)], zmax) >= -104.0f;
+        }) - keys;
+    std::sort(keys, keys + n);
+  } else {
+    // The whole vocabulary: keys in id order, then a stable radix sort on the z word.
+    for (int64_t i = 0; i < V; ++i)
+      if (rp_sub(z[i], zmax) >= -104.0f) keys[n++] = order_key(i);
+    s.tmp.resize(n);
+    radix_sort_high_word(keys, s.tmp.data(), n);
   }
-  // top_p: tokens with z - zmax < -104 have e = rp_exp(.) = 0 exactly and come last in the order;
-  // adding zeros leaves every later cumulative sum at S, which already reaches top_p * S. So only
-  // the others need sorting.
-  const float zmax = z[i0];
-  int64_t n = std::partition(keys, keys + K, [&](uint64_t k) {
-                return rp_sub(z[rp_key_token(k)], zmax) >= -104.0f;
-              }) - keys;
-  std::sort(keys, keys + n);
   s.e.resize(n);
   float S = 0.0f;
   for (int64_t j = 0; j < n; ++j) {
