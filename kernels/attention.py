@@ -13,7 +13,9 @@ A block or split that holds none of a row's keys leaves that row's state unchang
 rows may share a tile of BLOCK_M queries with any other rows of their sequence (masking only).
 The splits run either inside one program per (query tile, head) or, when there are too few tiles
 to fill the GPU (decode), as separate programs whose states a second kernel merges in order: the
-same arithmetic on the same values, so both give the same bits.
+same arithmetic on the same values, so both give the same bits. Both kernels compile without
+fp fusion (the fma that matter are written out), so the two variants cannot contract a*b+c
+differently.
 """
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ def _merge(M, L, ACC, m, l, acc):
     a = tl.where(M == M_use, 1.0, tl.exp(M - M_use))
     b = tl.where(m == M_use, 1.0, tl.exp(m - M_use))
     L = tl.fma(L, a, l * b)
-    ACC = tl.fma(ACC, a[:, None], acc * b[:, None])
+    ACC, a2 = tl.broadcast(ACC, a[:, None])
+    ACC = tl.fma(ACC, a2, acc * b[:, None])
     return M_new, L, ACC
 
 
@@ -72,9 +75,10 @@ def _split_state(q, qpos, k_base, v_base, stride_kt, n_kv, blk_lo, blk_hi, D, sc
     for j in range(blk_lo, blk_hi):
         kpos = j * BLOCK_N + offs_n  # positions in the sequence
         rows = kpos.to(tl.int64) * stride_kt
-        ok = (kpos[None, :] < n_kv) & (offs_d[:, None] < D)
-        k = tl.load(k_base + rows[None, :] + offs_d[:, None], mask=ok, other=0.0)  # (BD, BN)
-        v = tl.load(v_base + rows[:, None] + offs_d[None, :], mask=tl.trans(ok), other=0.0)
+        k = tl.load(k_base + rows[None, :] + offs_d[:, None],  # (BLOCK_D, BLOCK_N)
+                    mask=(kpos[None, :] < n_kv) & (offs_d[:, None] < D), other=0.0)
+        v = tl.load(v_base + rows[:, None] + offs_d[None, :],  # (BLOCK_N, BLOCK_D)
+                    mask=(kpos[:, None] < n_kv) & (offs_d[None, :] < D), other=0.0)
         qk = tl.dot(q, k, input_precision=PRECISION)  # (BM, BN)
         vis = (kpos[None, :] <= qpos[:, None]) & (
             (window == 0) | (kpos[None, :] > qpos[:, None] - window))
@@ -89,7 +93,8 @@ def _split_state(q, qpos, k_base, v_base, stride_kt, n_kv, blk_lo, blk_hi, D, sc
     return m_i, l_i, acc
 
 
-@triton.jit
+# window: never specialised (Triton makes an int argument equal to 1 a constant)
+@triton.jit(do_not_specialize=["window"])
 def _attention_kernel(
     # pointers: tensors, the split states (SPLIT_PROGRAMS), the tile table, per-sequence metadata
     q_ptr, k_ptr, v_ptr, out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
@@ -126,14 +131,13 @@ def _attention_kernel(
     q = tl.load(q_ptr + t_rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
                 mask=io_ok, other=0.0)
     kv_off = r0 * stride_kt + (h // GROUP) * stride_kh
-    BLOCKS_PER_SPLIT: tl.constexpr = SPLIT // BLOCK_N
 
     if SPLIT_PROGRAMS:
         sp = tl.program_id(2)  # an empty range when the tile needs no split sp: (-inf, 0, 0)
         m_i, l_i, acc = _split_state(
             q, qpos, k_ptr + kv_off, v_ptr + kv_off, stride_kt, n_kv,
-            tl.maximum(sp * BLOCKS_PER_SPLIT, blk_first),
-            tl.minimum((sp + 1) * BLOCKS_PER_SPLIT, blk_last + 1),
+            tl.maximum(sp * (SPLIT // BLOCK_N), blk_first),
+            tl.minimum((sp + 1) * (SPLIT // BLOCK_N), blk_last + 1),
             D, scale, window, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
         slot = (t_rows * Hq + h) * n_slots + sp
         tl.store(part_m_ptr + slot, m_i, mask=row_ok)
@@ -146,8 +150,8 @@ def _attention_kernel(
         for sp in range(lo // SPLIT, hi // SPLIT + 1):
             m_i, l_i, acc = _split_state(
                 q, qpos, k_ptr + kv_off, v_ptr + kv_off, stride_kt, n_kv,
-                tl.maximum(sp * BLOCKS_PER_SPLIT, blk_first),
-                tl.minimum((sp + 1) * BLOCKS_PER_SPLIT, blk_last + 1),
+                tl.maximum(sp * (SPLIT // BLOCK_N), blk_first),
+                tl.minimum((sp + 1) * (SPLIT // BLOCK_N), blk_last + 1),
                 D, scale, window, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
             M, L, ACC = _merge(M, L, ACC, m_i, l_i, acc)
         o = ACC / tl.where(L == 0.0, 1.0, L)[:, None]  # L = 0 only on rows past the sequence
@@ -155,7 +159,7 @@ def _attention_kernel(
                  o.to(out_ptr.dtype.element_ty), mask=io_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["window"])
 def _attention_merge_kernel(
     # pointers
     out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, row_pos_ptr,
@@ -274,10 +278,10 @@ def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, cu_q: t
         q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), out.stride(0), out.stride(1),
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_D=BLOCK_D, SPLIT=cfg.SPLIT,
         PRECISION=cfg.PRECISION, SPLIT_PROGRAMS=bool(split_kv),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=False)
     if split_kv:
         _attention_merge_kernel[(triton.cdiv(T, MERGE_BLOCK_R), Hq)](
             out, part_m, part_l, part_acc, row_pos.to(**i64),
             T, D, n_slots, int(window), out.stride(0), out.stride(1),
-            BLOCK_R=MERGE_BLOCK_R, BLOCK_D=BLOCK_D, SPLIT=cfg.SPLIT)
+            BLOCK_R=MERGE_BLOCK_R, BLOCK_D=BLOCK_D, SPLIT=cfg.SPLIT, enable_fp_fusion=False)
     return out

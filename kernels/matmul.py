@@ -40,16 +40,17 @@ def _matmul_kernel(
     # strides (elements)
     stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
     # compile-time configuration
-    NUM_PROGRAMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PRECISION: tl.constexpr,
     HAS_BIAS: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    n_programs = tl.num_programs(0)  # not a constexpr: one compiled kernel for every grid size
     tiles_m = tl.cdiv(M, BLOCK_M)
     tiles_n = tl.cdiv(N, BLOCK_N)
     n_tiles = tiles_m * tiles_n
     n_k = tl.cdiv(K, BLOCK_K)
-    for tile in range(pid, n_tiles, NUM_PROGRAMS):
+    for tile in range(pid, n_tiles, n_programs):
         # grouped order (GROUP_M row tiles share each column of w while it sits in L2); the order
         # only decides which program computes a tile, never how the tile is computed
         group = tile // (GROUP_M * tiles_n)
@@ -104,7 +105,7 @@ def matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
         x, w, bias if bias is not None else x, out,
         M, N, K,
         x.stride(0), x.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
-        NUM_PROGRAMS=programs, HAS_BIAS=bias is not None, **cfg)
+        HAS_BIAS=bias is not None, **cfg)
     return out
 
 

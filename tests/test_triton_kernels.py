@@ -200,7 +200,7 @@ def run(q, k, v, cu, pos0, kv_start, window, cfg, split_kv=None):
 
 
 @case
-@pytest.mark.parametrize("window", [0, 23])
+@pytest.mark.parametrize("window", [0, 1, 23])
 def test_attention_matches_float64(device, dtype, window):
     """Three sequences (prefill, chunk after a cached prefix, decode), GQA, a NaN-filled buffer
     outside their rows (never read)."""
@@ -266,3 +266,52 @@ def test_attention_default_configs_are_valid():
         assert cfg.SPLIT % cfg.BLOCK_N == 0, dtype
         for b in (cfg.BLOCK_M, cfg.BLOCK_N):
             assert b >= 16 and b & (b - 1) == 0, dtype  # tl.dot: powers of two, >= 16
+
+
+# ---------------------------------------------------------------------------------------------
+# the GPU compiler, without a GPU
+
+# Run in a child process: this module's kernels were decorated for the interpreter.
+_COMPILE_SM90 = """
+import inspect, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from replay.kernels.attention import ATTENTION_CONFIGS, _attention_kernel, _attention_merge_kernel
+from replay.kernels.matmul import MATMUL_CONFIGS, _matmul_kernel
+import torch
+
+def compile_sm90(fn, const, types, **opts):
+    sig = {n: "constexpr" if n in const else types.get(n, "*bf16" if n.endswith("_ptr") else
+           "fp32" if n == "scale" else "i32") for n in inspect.signature(fn.fn).parameters}
+    triton.compile(ASTSource(fn, sig, const), target=GPUTarget("cuda", 90, 32), options=opts)
+
+cfg = dict(MATMUL_CONFIGS[torch.bfloat16])
+opts = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
+compile_sm90(_matmul_kernel, dict(cfg, HAS_BIAS=True), {}, **opts)
+c = ATTENTION_CONFIGS[torch.bfloat16]
+meta = {n: "*i64" for n in ("tile_seq_ptr", "tile_q0_ptr", "cu_q_ptr", "pos0_ptr", "kv_start_ptr",
+                            "row_pos_ptr")}
+meta.update({n: "*fp32" for n in ("part_m_ptr", "part_l_ptr", "part_acc_ptr")})
+for split in (False, True):
+    compile_sm90(_attention_kernel, dict(BLOCK_M=c.BLOCK_M, BLOCK_N=c.BLOCK_N, BLOCK_D=128,
+                 SPLIT=c.SPLIT, PRECISION=c.PRECISION, SPLIT_PROGRAMS=split), meta,
+                 num_warps=c.num_warps, num_stages=c.num_stages, enable_fp_fusion=False)
+compile_sm90(_attention_merge_kernel, dict(BLOCK_R=16, BLOCK_D=128, SPLIT=c.SPLIT), meta,
+             enable_fp_fusion=False)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CUDA, reason="with CUDA the other tests compile and run every kernel")
+def test_kernels_compile_for_sm90():
+    """The interpreter accepts code that the GPU compiler rejects: compile the matmul and both
+    attention variants for sm_90 (Triton's own ptxas, no GPU needed)."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    r = subprocess.run([sys.executable, "-c", _COMPILE_SM90], env=env, capture_output=True,
+                       text=True, timeout=600)
+    if r.returncode and "ptxas" in r.stderr and "not found" in r.stderr:
+        pytest.skip("this triton install has no ptxas")
+    assert r.returncode == 0, r.stderr[-3000:]
