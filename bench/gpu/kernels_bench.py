@@ -1,10 +1,11 @@
 """Kernel benchmarks: replay's matmul and attention against torch's (cuBLAS, SDPA), side by side in
 one run on the same inputs.
 
-On CUDA the replay side is replay.ops (what the model runs; CUDA tensors go to the Triton kernels).
-In a dry run the replay side is the Triton wrapper itself, run by the Triton interpreter
-(TRITON_INTERPRET=1) on tiny float32 CPU tensors, because replay.ops sends CPU tensors to the C++
-kernels instead.
+Matmul: on CUDA the replay side is replay.ops.linear (what the model runs; CUDA tensors go to the
+Triton kernel). Attention: the Triton kernel itself against SDPA, and replay.ops.attention (the
+kernel plus the argument checks the model pays for, some of which synchronize) in a second column.
+In a dry run the Triton wrappers run in the Triton interpreter (TRITON_INTERPRET=1) on tiny
+float32 CPU tensors, and replay.ops sends CPU tensors to the C++ kernels.
 """
 from __future__ import annotations
 
@@ -110,13 +111,16 @@ def _sdpa(q, k, v, causal: bool):
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
 
 
-def _attn_point(ctx, attention, g, B: int, L: int, heads: tuple, decode: bool):
-    """Seconds per call of replay's attention and of SDPA on the same data, and the largest
-    difference between their outputs (a broken kernel shows here before anywhere else).
+def _attn_point(ctx, kernel, g, B: int, L: int, heads: tuple, decode: bool):
+    """Seconds per call of replay's attention kernel, of replay.ops.attention and of SDPA on the
+    same data, and the largest difference between the kernel's output and SDPA's (a broken kernel
+    shows here before anywhere else).
 
     B sequences of L tokens whose keys and values sit packed in one buffer, as replay lays them
     out; SDPA reads (B, H, L, D) views of the same memory. Prefill: every token is a query.
     Decode: one query per sequence, at position L - 1, which sees every key (no mask)."""
+    from replay import ops
+
     hq, hkv, d = heads
     n_q = 1 if decode else L
     dev, i64 = ctx.device, torch.int64
@@ -131,32 +135,37 @@ def _attn_point(ctx, attention, g, B: int, L: int, heads: tuple, decode: bool):
     scale = 1.0 / math.sqrt(d)
 
     def ours():
-        return attention(q, k, v, cu, pos0, kv_start, scale, 0)
+        return kernel(q, k, v, cu, pos0, kv_start, scale, 0)
+
+    def via_ops():
+        return ops.attention(q, k, v, cu, pos0, kv_start, scale, 0)
 
     def theirs():
         return _sdpa(qs, ks, vs, not decode)
 
     t_r = time_fn(ours, dev, ctx.warmup, ctx.iters)
+    t_o = time_fn(via_ops, dev, ctx.warmup, ctx.iters)
     t_s = time_fn(theirs, dev, ctx.warmup, ctx.iters)
     diff = (ours().float() - theirs().transpose(1, 2).reshape(B * n_q, hq, d).float()).abs().max()
-    return t_r, t_s, float(diff)
+    return t_r, t_o, t_s, float(diff)
 
 
 def bench_prefill(ctx) -> Section:
     sec = Section("prefill", "Attention prefill: replay vs torch SDPA (causal, GQA)",
                   ["context", "sequences", "replay TFLOP/s", "SDPA TFLOP/s", "replay/SDPA",
-                   "max abs diff"])
+                   "ops.attention/SDPA", "max abs diff"])
     heads = (4, 2, 16) if ctx.dry else (HQ, HKV, HEAD_DIM)
     hq, hkv, d = heads
     total = 48 if ctx.dry else 16384
     sec.notes.append(
         f"{ctx.dtype_name}, {hq} query heads, {hkv} KV heads, head dim {d}; sequences of one "
-        f"length packed, {total:,} tokens in all. replay runs ops.attention on the packed batch "
+        f"length packed, {total:,} tokens in all. replay's Triton kernel runs on the packed batch "
         "(cu_q, pos0 = 0, kv_start = cu_q); SDPA runs on (B, H, L, D) views of the same "
         "data with is_causal and enable_gqa. TFLOP/s counts the causal half: "
-        "4 * B * Hq * D * L * (L + 1) / 2. 'max abs diff': replay's output against SDPA's. "
-        "Target: replay/SDPA >= 0.8x.")
-    attention, why = replay_side(ctx, "attention", "attention", "attention")
+        "4 * B * Hq * D * L * (L + 1) / 2. 'ops.attention/SDPA': the same through replay.ops, "
+        "with the argument checks the model pays for. 'max abs diff': the kernel's output "
+        "against SDPA's. Target: replay/SDPA >= 0.8x.")
+    attention, why = triton_op("attention", "attention")
     if attention is None:
         sec.skipped = why
         return sec
@@ -169,10 +178,10 @@ def bench_prefill(ctx) -> Section:
                 sec.notes.append(f"Stopped at context {L}: time budget spent.")
                 return sec
             B = max(1, total // L)
-            t_r, t_s, diff = _attn_point(ctx, attention, g, B, L, heads, decode=False)
+            t_r, t_o, t_s, diff = _attn_point(ctx, attention, g, B, L, heads, decode=False)
             fl = 4.0 * B * hq * d * L * (L + 1) / 2
             sec.rows.append([L, B, num(fl / t_r / 1e12), num(fl / t_s / 1e12), ratio(t_s, t_r),
-                             f"{diff:.2e}"])
+                             ratio(t_s, t_o), f"{diff:.2e}"])
             ctx.free()
     except Exception as e:
         sec.fail(e)
@@ -182,17 +191,17 @@ def bench_prefill(ctx) -> Section:
 def bench_decode(ctx) -> Section:
     sec = Section("decode", "Attention decode: replay vs torch SDPA (one query per sequence)",
                   ["batch", "context", "replay GB/s", "SDPA GB/s", "replay/SDPA",
-                   "max abs diff"])
+                   "ops.attention/SDPA", "max abs diff"])
     heads = (4, 2, 16) if ctx.dry else (HQ, HKV, HEAD_DIM)
     hq, hkv, d = heads
     cap = 1 << 22  # KV rows: 4M rows of 8 x 128 bf16 keys and values is 16 GiB
     sec.notes.append(
         f"{ctx.dtype_name}, {hq}/{hkv} heads, head dim {d}. Each sequence has `context` tokens in "
-        "the KV buffer and one new query at the last position. replay runs ops.attention with "
-        "cu_q = 0..B, pos0 = context - 1; SDPA runs on (B, H, 1, D) x (B, Hkv, context, D) views "
+        "the KV buffer and one new query at the last position. replay's kernel runs with "
+        "cu_q = 0..B, pos0 = context - 1 (and again through replay.ops); SDPA runs on (B, H, 1, D) x (B, Hkv, context, D) views "
         "of the same buffers. GB/s = bytes of K and V read / time (decode is bandwidth-bound). "
         f"Points with batch x context > {cap:,} rows are left out (memory).")
-    attention, why = replay_side(ctx, "attention", "attention", "attention")
+    attention, why = triton_op("attention", "attention")
     if attention is None:
         sec.skipped = why
         return sec
@@ -209,10 +218,10 @@ def bench_decode(ctx) -> Section:
             if ctx.budget.out():
                 sec.notes.append(f"Stopped at batch {B}, context {L}: time budget spent.")
                 return sec
-            t_r, t_s, diff = _attn_point(ctx, attention, g, B, L, heads, decode=True)
+            t_r, t_o, t_s, diff = _attn_point(ctx, attention, g, B, L, heads, decode=True)
             nbytes = 2.0 * B * L * hkv * d * esize
             sec.rows.append([B, L, num(nbytes / t_r / 1e9), num(nbytes / t_s / 1e9),
-                             ratio(t_s, t_r), f"{diff:.2e}"])
+                             ratio(t_s, t_r), ratio(t_s, t_o), f"{diff:.2e}"])
             ctx.free()
     except Exception as e:
         sec.fail(e)
