@@ -31,7 +31,9 @@ def _metadata(grid, kernel, args):
     return {"name": f"matmul [M={M}, N={N}, K={K}]", "flops": 2 * M * N * K}
 
 
-@triton.jit(launch_metadata=_metadata)
+# M is never specialised (Triton makes an int argument equal to 1 a constant): decode (M = 1) and
+# prefill run one compiled kernel.
+@triton.jit(launch_metadata=_metadata, do_not_specialize=["M"])
 def _matmul_kernel(
     # pointers
     x_ptr, w_ptr, bias_ptr, out_ptr,
