@@ -165,7 +165,12 @@ class Section:
     error: str | None = None
 
     def fail(self, exc: BaseException):
-        self.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        """Record an exception (each distinct message once) and print its traceback."""
+        msg = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        if self.error is None:
+            self.error = msg
+        elif msg not in self.error:
+            self.error += f"`; `{msg}"
         traceback.print_exc()
 
     def markdown(self) -> str:
