@@ -193,7 +193,7 @@ class Engine:
         bar = None
         if progress:
             from tqdm import tqdm
-            bar = tqdm(total=len(requests), desc="generate", unit="req")
+            bar = tqdm(total=len(requests), desc="generate", unit="req", leave=False)
         while not self.idle:
             for rec in self.step():
                 out[rec.request_id] = rec

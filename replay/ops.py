@@ -292,8 +292,8 @@ def _attention_torch(q, k_buf, v_buf, cu_q, pos0, kv_start, scale, window):
         qs = q[a:b].transpose(0, 1)  # (Hq, n, D)
         ks = k_buf[r0:r0 + n_kv].transpose(0, 1).repeat_interleave(Hq // Hkv, dim=0)
         vs = v_buf[r0:r0 + n_kv].transpose(0, 1).repeat_interleave(Hq // Hkv, dim=0)
-        qpos = torch.arange(p0, p0 + b - a).unsqueeze(1)
-        kpos = torch.arange(n_kv).unsqueeze(0)
+        qpos = torch.arange(p0, p0 + b - a, device=q.device).unsqueeze(1)
+        kpos = torch.arange(n_kv, device=q.device).unsqueeze(0)
         mask = kpos <= qpos
         if window:
             mask &= kpos > qpos - window

@@ -132,7 +132,8 @@ def verify(batch, model: Model, policy: Policy | None = None, token_budget: int 
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=sum(len(it.rec.output) for it in good), desc="verify", unit="tok")
+        bar = tqdm(total=sum(len(it.rec.output) for it in good), desc="verify", unit="tok",
+                   leave=False)
     for pack in packs:
         meta, sc, logits = _score_pack(model, pack, lm_chunk, keep_logits)
         sc["gls"] = gls(sc["margin"], policy.sigma)
