@@ -40,6 +40,7 @@ COMMAND="bench/gpu_suite.sh $PHASE${*:+ $*}"
 REPLAY_COMMIT=${REPLAY_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo "unknown (no git)")}
 export REPLAY_COMMIT
 FAILED=()
+STAGE=start  # what was running, for the failure message
 
 say() { printf '\n=== gpu_suite: %s\n' "$*" >&2; }
 left() {  # seconds left of the command's limit, at least 1 (timeout 0 would mean no limit)
@@ -50,7 +51,7 @@ left() {  # seconds left of the command's limit, at least 1 (timeout 0 would mea
 finish() {  # on every exit: rebuild the table from the parts and print it, then the verdict
   local rc=$?
   trap - EXIT
-  [[ $rc -ne 0 && ${#FAILED[@]} -eq 0 ]] && FAILED+=("suite (exit $rc)")
+  [[ $rc -ne 0 && ${#FAILED[@]} -eq 0 ]] && FAILED+=("$STAGE (exit $rc)")
   if [[ -n ${TABLE:-} ]]; then
     "$PY" bench/gpu_bench.py --sections none --out "$TABLE" --command "$COMMAND" \
       "${DRY_ARG[@]}" || FAILED+=("table")
@@ -64,6 +65,7 @@ finish() {  # on every exit: rebuild the table from the parts and print it, then
 trap finish EXIT
 
 setup() {
+  STAGE=setup
   say "setup: install replay and build replay._C"
   if [[ ${REPLAY_SKIP_SETUP:-0} == 1 ]]; then
     echo "REPLAY_SKIP_SETUP=1: skipped" >&2
@@ -103,6 +105,7 @@ run_pytest() {
 }
 
 tests() {
+  STAGE=tests
   : >"$PARTS/tests.rows"
   : >"$PARTS/tests.details"
   local budget
@@ -139,12 +142,14 @@ tests() {
 }
 
 bench() {
+  STAGE=bench
   local budget=$(( $(left) - 60 ))  # the last point may overrun its start by up to a minute
   ((budget > 30)) || budget=30
   say "bench: gpu_bench.py ${BENCH_ARGS[*]:-} (budget ${budget}s)"
-  local rc=0
+  local rc=0 hard=$(( $(left) - 10 ))
+  ((hard > 30)) || hard=30
   # The table is printed once, at the end, by finish().
-  timeout "$(( $(left) - 10 ))" "$PY" bench/gpu_bench.py "${BENCH_ARGS[@]}" --out "$TABLE" \
+  timeout "$hard" "$PY" bench/gpu_bench.py "${BENCH_ARGS[@]}" --out "$TABLE" \
     --budget "$budget" --command "$COMMAND" >/dev/null || rc=$?
   ((rc == 0)) || FAILED+=("bench (exit $rc)")
 }
@@ -153,12 +158,11 @@ unset TRITON_INTERPRET  # real kernels on the GPU; gpu_bench.py --dry sets it fo
 if ((DRY)); then
   export TRITON_INTERPRET=1
 fi
-[[ $PHASE == table ]] || setup
-[[ $PHASE == setup ]] && exit 0
-
+STAGE="finding the table (is there a CUDA device? --dry runs without one)"
 TABLE=$("$PY" bench/gpu_bench.py --where "${BENCH_ARGS[@]}")  # honours --out and --dry
 PARTS=${TABLE%.md}.parts
 mkdir -p "$PARTS"
+[[ $PHASE == table ]] || setup
 case $PHASE in
   tests) tests ;;
   bench) bench ;;
