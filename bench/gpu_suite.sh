@@ -37,8 +37,6 @@ done
 PY=${PYTHON:-python3}
 LIMIT=${REPLAY_SUITE_LIMIT:-570}
 COMMAND="bench/gpu_suite.sh $PHASE${*:+ $*}"
-REPLAY_COMMIT=${REPLAY_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo "unknown (no git)")}
-export REPLAY_COMMIT
 FAILED=()
 STAGE=start  # what was running, for the failure message
 
