@@ -17,9 +17,11 @@ REPLAY_HD float rp_uniform(uint32_t x) {
   return rp_mul(static_cast<float>(2u * (x >> 9) + 1u), 5.9604644775390625e-08f);
 }
 
-// G = -log(-log(U)), a standard Gumbel variate.
+// G = -log(-log(U)), a standard Gumbel variate. U in [2^-24, 1 - 2^-24] and -log(U) in
+// [5.9e-8, 16.7] are positive normal floats, so rp_log_normal gives rp_log's bits without its
+// special cases (and vectorises).
 REPLAY_HD float rp_gumbel_from_word(uint32_t x) {
-  return -rp_log(-rp_log(rp_uniform(x)));
+  return -rp_log_normal(-rp_log_normal(rp_uniform(x), 0), 0);
 }
 
 REPLAY_HD float rp_gumbel(uint64_t seed, uint32_t position, uint32_t token) {

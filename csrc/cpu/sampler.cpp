@@ -63,25 +63,48 @@ int64_t argmax_lowest(const float* x, int64_t V) {
   return best;
 }
 
+// G for a block of tokens: a fixed trip count over branch-free math, which the compiler
+// vectorises (Philox and the two logs are most of a row's time when few tokens are filtered).
+constexpr int kBlock = 16;
+void gumbel_block(uint64_t seed, uint32_t pos, const uint32_t* tok, float* g) {
+  for (int j = 0; j < kBlock; ++j) g[j] = rp_gumbel(seed, pos, tok[j]);
+}
+
 // Argmax of y = z + G over the tokens tok(0..n), ties to the lowest id, starting from token i0 (the
 // largest z, always kept). Tokens with fl(z + kGumbelBound) < best y cannot win (sampler_math.h);
-// when the tokens come sorted by z descending, the first such token ends the search.
+// when the tokens come sorted by z descending, the first such token ends the search. The others
+// go through gumbel_block, kBlock at a time.
 template <class Tok>
 void search(const Row& r, const float* z, int64_t n, Tok tok, bool sorted, int64_t i0,
             Choice* c) {
   int64_t best = i0;
   float yb = rp_add(z[i0], rp_gumbel(r.seed, r.pos, static_cast<uint32_t>(i0)));
-  for (int64_t j = 0; j < n; ++j) {
-    int64_t i = tok(j);
-    if (i == i0) continue;
-    if (rp_add(z[i], kGumbelBound) < yb) {
-      if (sorted) break;
-      continue;
+  uint32_t ids[kBlock];
+  float g[kBlock];
+  bool stop = false;
+  for (int64_t j = 0; j < n && !stop;) {
+    int cnt = 0;
+    for (; j < n && cnt < kBlock; ++j) {
+      int64_t i = tok(j);
+      if (i == i0) continue;
+      if (rp_add(z[i], kGumbelBound) < yb) {
+        if (sorted) {
+          stop = true;
+          break;
+        }
+        continue;
+      }
+      ids[cnt++] = static_cast<uint32_t>(i);
     }
-    float y = rp_add(z[i], rp_gumbel(r.seed, r.pos, static_cast<uint32_t>(i)));
-    if (rp_beats(y, i, yb, best)) {
-      best = i;
-      yb = y;
+    if (cnt == 0) continue;
+    for (int k = cnt; k < kBlock; ++k) ids[k] = ids[0];
+    gumbel_block(r.seed, r.pos, ids, g);
+    for (int k = 0; k < cnt; ++k) {
+      float y = rp_add(z[ids[k]], g[k]);
+      if (rp_beats(y, ids[k], yb, best)) {
+        best = ids[k];
+        yb = y;
+      }
     }
   }
   c->token = best;
@@ -137,16 +160,16 @@ Choice choose(const Row& r, Scratch& s) {
     radix_sort_high_word(keys, s.tmp.data(), n);
   }
   s.e.resize(n);
+  float* e = s.e.data();
+  for (int64_t j = 0; j < n; ++j) e[j] = rp_sub(z[tok(j)], zmax);
+  for (int64_t j = 0; j < n; ++j) e[j] = rp_exp(e[j]);  // vectorises
   float S = 0.0f;
-  for (int64_t j = 0; j < n; ++j) {
-    s.e[j] = rp_exp(rp_sub(z[tok(j)], zmax));
-    S = rp_add(S, s.e[j]);
-  }
+  for (int64_t j = 0; j < n; ++j) S = rp_add(S, e[j]);
   const float target = rp_mul(r.top_p, S);
   float cum = 0.0f;
   int64_t keep = n;
   for (int64_t j = 0; j < n; ++j) {
-    cum = rp_add(cum, s.e[j]);
+    cum = rp_add(cum, e[j]);
     if (cum >= target) {
       keep = j + 1;
       break;
@@ -176,11 +199,14 @@ Score score_row(const Row& r, int64_t k, Scratch& s) {
   const uint64_t kk = rp_order_key(x[k], static_cast<uint32_t>(k));
   int64_t rank = 0, before = 0;
   const float xmax = x[argmax_lowest(x, V)];
+  s.e.resize(V);
+  float* e = s.e.data();
+  for (int64_t i = 0; i < V; ++i) e[i] = rp_exp(rp_sub(x[i], xmax));  // vectorises
   float sum = 0.0f;
   for (int64_t i = 0; i < V; ++i) {
     rank += r.l[i] > lk;
     before += rp_order_key(x[i], static_cast<uint32_t>(i)) < kk;
-    sum = rp_add(sum, rp_exp(rp_sub(x[i], xmax)));
+    sum = rp_add(sum, e[i]);
   }
   o.rank = rank;
   o.logprob = rp_sub(rp_sub(x[k], xmax), rp_log(sum));
