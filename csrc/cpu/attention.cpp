@@ -91,8 +91,8 @@ void row_block(Row& r, const float* kb, const float* vb, int64_t ld, int64_t D, 
 // needs it. Each row still gets exactly its own block sequence.
 void attend_rows(Row* rows, int n, const float* kb, const float* vb, int64_t ld, int64_t D,
                  float scale) {
-  int64_t first = rows[0].lo, last = rows[0].p;
-  for (int i = 1; i < n; ++i) first = std::min(first, rows[i].lo), last = std::max(last, rows[i].p);
+  int64_t first = std::numeric_limits<int64_t>::max(), last = -1;
+  for (int i = 0; i < n; ++i) first = std::min(first, rows[i].lo), last = std::max(last, rows[i].p);
   for (int64_t b0 = (first / kBlock) * kBlock; b0 <= last; b0 += kBlock) {
     // The rows of a block are a page apart for large Hkv * D, where the hardware prefetcher
     // stops: fetch the next block's keys and values while this one is computed.
