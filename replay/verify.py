@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from replay import sampling
+from replay import sampling, scores
 from replay.model import Model, Varlen
 from replay.policy import Policy, gls
 from replay.records import Batch, Record, RecordError
@@ -73,7 +73,8 @@ def _packs(items: list[_Item], token_budget: int):
         yield pack
 
 
-def _score_pack(model: Model, pack: list[_Item], lm_chunk: int, keep_logits: bool):
+def _score_pack(model: Model, pack: list[_Item], lm_chunk: int, keep_logits: bool,
+                policy: Policy | None = None):
     """One teacher-forced forward over the pack; scores of every output token."""
     seqs = [it.rec.prompt + it.rec.output[:-1] for it in pack]
     batch = Varlen.prefill(seqs)
@@ -86,6 +87,10 @@ def _score_pack(model: Model, pack: list[_Item], lm_chunk: int, keep_logits: boo
             meta.append((s, j, P + j, r.output[j], r.params))
     cols = {k: [] for k in ("choice", "exact", "logprob", "rank", "in_top_k", "in_top_p",
                             "margin", "kept")}
+    if policy is not None and policy.needs_rows:
+        cols["sample_prob"] = []
+        if policy.score == "ipt":
+            cols["ipt"] = []
     kept_logits = []
     for a in range(0, len(rows), lm_chunk):
         idx = torch.tensor(rows[a: a + lm_chunk], dtype=torch.int64)
@@ -95,6 +100,10 @@ def _score_pack(model: Model, pack: list[_Item], lm_chunk: int, keep_logits: boo
             logits, temperature=[x[4].temperature for x in m], top_k=[x[4].top_k for x in m],
             top_p=[x[4].top_p for x in m], seed=[x[4].seed for x in m],
             position=[x[2] for x in m], claimed=[x[3] for x in m])
+        if policy is not None and policy.needs_rows:  # prob_threshold, ipt: whole-row scores
+            sc.update(scores.row_scores(
+                logits, [x[4] for x in m], [x[2] for x in m], [x[3] for x in m],
+                policy.sigma if policy.score == "ipt" else None))
         for k in cols:
             cols[k].append(sc[k])
         if keep_logits:
@@ -135,8 +144,8 @@ def verify(batch, model: Model, policy: Policy | None = None, token_budget: int 
         bar = tqdm(total=sum(len(it.rec.output) for it in good), desc="verify", unit="tok",
                    leave=False)
     for pack in packs:
-        meta, sc, logits = _score_pack(model, pack, lm_chunk, keep_logits)
-        sc["gls"] = gls(sc["margin"], policy.sigma)
+        meta, sc, logits = _score_pack(model, pack, lm_chunk, keep_logits, policy)
+        sc["gls"] = gls(sc["margin"], policy.sigma if policy.score == "gls" else 1.0)
         verdicts = policy.verdicts(sc)
         report.add_tokens(pack, meta, sc, verdicts)
         if logits is not None:
