@@ -48,6 +48,15 @@ class _Seq:
         return self.tokens[len(self.req.prompt):]
 
 
+def seeded_sampler(logits: torch.Tensor, requests: list[Request], positions: list[int]
+                   ) -> torch.Tensor:
+    """replay's sampler (DESIGN §3) on logits [M, V]: one token per request at its position."""
+    ps = [r.params for r in requests]
+    return sampling.sample(logits, temperature=[p.temperature for p in ps],
+                           top_k=[p.top_k for p in ps], top_p=[p.top_p for p in ps],
+                           seed=[p.seed for p in ps], position=positions)
+
+
 class Engine:
     """Continuous-batching generator over a replay Model.
 
@@ -58,11 +67,15 @@ class Engine:
     keep_logits: keep the logits row each output token was sampled from (for tests)
     placement_seed: if set, free slots are taken in a random order (tests that placement in
                  the buffer does not matter); otherwise lowest free slot first
+    sampler:     optional replacement of the seeded sampler, called as
+                 sampler(logits [M, V], requests [M], positions [M]) -> LongTensor [M]
+                 (a stock engine's sampler, or a compromised one in replay.attacks)
     """
 
     def __init__(self, model: Model, max_batch: int = 32, chunk_size: int = 256,
                  max_seq_len: int | None = None, step_tokens: int | None = None,
-                 keep_logits: bool = False, placement_seed: int | None = None):
+                 keep_logits: bool = False, placement_seed: int | None = None,
+                 sampler=None):
         if max_batch < 1 or chunk_size < 1:
             raise ValueError(f"max_batch ({max_batch}) and chunk_size ({chunk_size}) must be >= 1")
         self.model = model
@@ -71,6 +84,7 @@ class Engine:
         self.max_seq_len = min(max_seq_len or model.cfg.max_context, model.cfg.max_context)
         self.step_tokens = step_tokens
         self.keep_logits = keep_logits
+        self.sampler = sampler or seeded_sampler
         self.kv = model.new_kv(max_batch * self.max_seq_len)
         self._rng = random.Random(placement_seed) if placement_seed is not None else None
         self._free = list(range(max_batch))
@@ -151,12 +165,8 @@ class Engine:
         if ready:
             rows = batch.last_rows()[[i for i, _ in ready]]
             logits = self.model.logits(hidden[rows])
-            ps = [s.req.params for _, s in ready]
-            toks = sampling.sample(
-                logits,
-                temperature=[p.temperature for p in ps], top_k=[p.top_k for p in ps],
-                top_p=[p.top_p for p in ps], seed=[p.seed for p in ps],
-                position=[len(s.tokens) for _, s in ready])
+            toks = self.sampler(logits, [s.req for _, s in ready],
+                                [len(s.tokens) for _, s in ready])
             for j, (_, seq) in enumerate(ready):
                 tok = int(toks[j])
                 seq.tokens.append(tok)
