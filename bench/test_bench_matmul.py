@@ -37,7 +37,8 @@ def table():
     if rows:
         write_table("cpu-matmul.md", "CPU linear: replay vs torch.mm (float32)",
                     ["M", "N", "K", "replay GFLOP/s", "torch GFLOP/s", "replay / torch"], rows,
-                    notes="The machine has 2 cores and is shared with other users' jobs; "
+                    notes="The machine has 2 cores and is shared with other users' jobs "
+                          f"(load average {os.getloadavg()[0]:.1f} at the end of the run); "
                           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}. "
                           "GFLOP/s = 2MNK / median time. replay: x @ w.T with the fixed 16-lane "
                           "reduction order; torch: torch.nn.functional.linear (MKL sgemm).")
