@@ -53,9 +53,14 @@ def _check(cond: bool, msg: str):
 
 def _logits(logits) -> torch.Tensor:
     _check(isinstance(logits, torch.Tensor), f"logits: expected a tensor, got {type(logits).__name__}")
-    _check(logits.dtype == torch.float32, f"logits: expected float32, got {logits.dtype}")
     _check(logits.dim() == 2, f"logits: expected [M, V], got shape {tuple(logits.shape)}")
-    _check(logits.device.type == "cpu", f"logits: expected a CPU tensor, got {logits.device}")
+    if logits.device.type == "cuda":  # the CUDA kernel reads float32 or bfloat16 rows
+        _check(logits.dtype in (torch.float32, torch.bfloat16),
+               f"logits: expected float32 or bfloat16 on CUDA, got {logits.dtype}")
+    else:
+        _check(logits.device.type == "cpu", f"logits: expected a CPU or CUDA tensor, got "
+                                            f"{logits.device}")
+        _check(logits.dtype == torch.float32, f"logits: expected float32, got {logits.dtype}")
     _check(logits.shape[1] >= 1, "logits: the vocabulary is empty")
     if logits.stride(1) != 1:  # any row stride; columns must be adjacent
         logits = logits.contiguous()
@@ -126,10 +131,26 @@ def _ptrs(l, rows):
     return (l.data_ptr(), l.shape[0], l.shape[1], l.stride(0), *(t.data_ptr() for t in rows))
 
 
+def _cuda(l, rows):
+    """CUDA logits: the per-row arguments move to the device; the kernel is csrc/cuda/score.cu,
+    whose per-row math is the same REPLAY_HD code as the CPU's."""
+    if not getattr(C(), "has_cuda", False):
+        raise RuntimeError("logits are on CUDA but replay._C was built without CUDA kernels "
+                           "(nvcc was not found at build time); rebuild with nvcc on PATH")
+    extra = dict(stream=torch.cuda.current_stream(l.device).cuda_stream,
+                 bf16=l.dtype == torch.bfloat16)
+    return tuple(t.to(l.device) for t in rows), extra
+
+
 def sample(logits, temperature, top_k, top_p, seed, position) -> torch.Tensor:
-    """The sampler on every row of logits [M, V] (float32, CPU): LongTensor [M] of token ids."""
+    """The sampler on every row of logits [M, V] (float32 on CPU; float32 or bfloat16 on CUDA):
+    LongTensor [M] of token ids, on the logits' device."""
     l, rows = _params(logits, temperature, top_k, top_p, seed, position)
-    out = torch.empty(l.shape[0], dtype=torch.int64)
+    out = torch.empty(l.shape[0], dtype=torch.int64, device=l.device)
+    if l.is_cuda:
+        rows, extra = _cuda(l, rows)
+        C().sample_cuda_f32(*_ptrs(l, rows), out.data_ptr(), **extra)
+        return out
     C().sample_f32(*_ptrs(l, rows), out.data_ptr())
     return out
 
@@ -144,13 +165,21 @@ def score(logits, temperature, top_k, top_p, seed, position, claimed) -> dict[st
     M, V = l.shape
     c = _per_row("claimed", claimed, M, torch.int64)
     _check(bool(((c >= 0) & (c < V)).all()), f"claimed: token ids must be in [0, {V})")
-    o = dict(choice=torch.empty(M, dtype=torch.int64), logprob=torch.empty(M),
-             rank=torch.empty(M, dtype=torch.int64), in_top_k=torch.empty(M, dtype=torch.bool),
-             in_top_p=torch.empty(M, dtype=torch.bool), margin=torch.empty(M),
-             kept=torch.empty(M, dtype=torch.int64))
-    C().score_f32(*_ptrs(l, rows), c.data_ptr(), o["choice"].data_ptr(), o["logprob"].data_ptr(),
-                  o["rank"].data_ptr(), o["in_top_k"].data_ptr(), o["in_top_p"].data_ptr(),
-                  o["margin"].data_ptr(), o["kept"].data_ptr())
+    dev = l.device
+    o = dict(choice=torch.empty(M, dtype=torch.int64, device=dev),
+             logprob=torch.empty(M, device=dev), rank=torch.empty(M, dtype=torch.int64, device=dev),
+             in_top_k=torch.empty(M, dtype=torch.bool, device=dev),
+             in_top_p=torch.empty(M, dtype=torch.bool, device=dev),
+             margin=torch.empty(M, device=dev), kept=torch.empty(M, dtype=torch.int64, device=dev))
+    extra = {}
+    fn = C().score_f32
+    if l.is_cuda:
+        rows, extra = _cuda(l, rows)
+        c = c.to(dev)
+        fn = C().score_cuda_f32
+    fn(*_ptrs(l, rows), c.data_ptr(), o["choice"].data_ptr(), o["logprob"].data_ptr(),
+       o["rank"].data_ptr(), o["in_top_k"].data_ptr(), o["in_top_p"].data_ptr(),
+       o["margin"].data_ptr(), o["kept"].data_ptr(), **extra)
     o["exact"] = o["choice"] == c
     return {k: o[k] for k in ("choice", "exact", "logprob", "rank", "in_top_k", "in_top_p",
                               "margin", "kept")}
