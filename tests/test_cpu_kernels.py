@@ -156,7 +156,7 @@ def test_vectorised_exp_gives_rp_exp_bits():
     outs = []
     for vectorised in (False, True):
         out = torch.empty_like(x)
-        C().exp_f32(x.data_ptr(), out.data_ptr(), x.numel(), vectorised)
+        C().exp_simd_f32(x.data_ptr(), out.data_ptr(), x.numel(), vectorised)
         outs.append(out.view(torch.int32))
     assert torch.equal(outs[0], outs[1])
     ok = x.abs() < 80

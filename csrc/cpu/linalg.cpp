@@ -254,7 +254,7 @@ void register_linalg(pybind11::module_& m) {
   m.def("silu_mul_f32", &silu_mul_f32, "out[M,F] = silu(gate) * up, gate_up = [gate | up]");
   m.def("rope_f32", &rope_f32, "rotary embedding in place on x[T,H,D], rotate-half");
   m.def("log_softmax_f32", &log_softmax_f32, "row-wise log-softmax of x[M,N]");
-  m.def("exp_f32", &exp_f32, "rp_exp over n floats, vectorised or not (for the tests)");
+  m.def("exp_simd_f32", &exp_f32, "rp_exp over n floats, vectorised or not (for the tests)");
   m.def("best_isa", &simd::best_isa, "the widest compiled code path (0 scalar, 1 AVX2, 2 AVX-512)");
   m.def("set_num_threads", [](int n) { omp_set_num_threads(n); },
         "OpenMP threads of the CPU kernels (results do not depend on it)");
