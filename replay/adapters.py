@@ -1,0 +1,310 @@
+"""Logs from engines that do not run replay's kernels: a vLLM-style sampler, tolerant scoring of
+its records, and importers from vLLM / SGLang request-response JSON (docs/exfiltration.md).
+
+The vLLM-style sampler (the "exponential race"), per request:
+- a torch.Generator on `device`, seeded once with the request's seed (manual_seed);
+- greedy when T < 1e-5: argmax l (first index on ties); no draw;
+- otherwise z = l / T (float32); top-k keeps the tokens with z >= the k-th largest z (ties at the
+  boundary kept); top-p then drops, from the least likely up, the tokens whose cumulative
+  probability stays <= 1 - top_p (the most likely token always kept); p = softmax over the kept;
+- each sampled step draws q ~ Exponential(1) of shape [V] from the request's generator
+  (q.exponential_(generator=g), float32) and picks argmax(p / q).
+argmax(p / q) = argmax(log p + G) with G = -log q a standard Gumbel: the same Gumbel-max trick
+as replay's sampler, with the noise from torch's generator stream instead of Philox at (t, i).
+
+Which stream it reproduces: the sequence of exponential_ calls on a generator of `device`,
+one [V] call per sampled token, in order. A CPU generator (mt19937) here; a CUDA generator
+(Philox with an offset that each call advances) gives other numbers, so records of a GPU vLLM
+deployment must be scored with device="cuda" on the same torch version. Assumed, as in vLLM for
+seeded requests: the generator is private to the request and advances exactly once per sampled
+output token (vLLM also draws for seeded greedy rows in mixed batches; greedy rows are scored
+without noise here, so those draws would shift the stream: keep seeded requests at T > 0 or
+all-greedy). Penalties, min_p, logit bias and n > 1 are not modelled (the importers reject them).
+
+Scoring (`score_stock`): the recorded tokens are teacher-forced through replay's model, the
+noise rows are regenerated from the seeds, and the margin in logit units is
+Delta_c = T * (max_kept y - y_c) with y = log p + (-log q) (float64), +inf if c was filtered out;
+greedy: l_max - l_c. gls = log Phi(-Delta / (sqrt(2) sigma)) then applies as for replay's engine.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from replay.policy import Policy, gls
+from replay.records import Batch, Record, RecordError, SamplingParams
+
+SAMPLING_EPS = 1e-5  # vLLM treats T below this as greedy
+
+
+def vllm_kept(z: torch.Tensor, top_k, top_p) -> torch.Tensor:
+    """BoolTensor [n, V]: the tokens that survive the vLLM-style top-k and top-p on z [n, V]."""
+    n, V = z.shape
+    zs, idx = torch.sort(z, dim=1)                                    # ascending
+    k = torch.as_tensor(top_k, dtype=torch.int64).reshape(-1).expand(n)
+    p = torch.as_tensor(top_p, dtype=torch.float32).reshape(-1).expand(n)
+    kth = zs.gather(1, (V - k.clamp(1, V))[:, None])                  # k-th largest
+    drop = ((k > 0) & (k < V))[:, None] & (zs < kth)
+    probs = torch.softmax(zs.masked_fill(drop, float("-inf")), dim=1)
+    tail = probs.cumsum(dim=1) <= (1 - p)[:, None]
+    tail[:, -1] = False                                                # keep the most likely
+    drop |= (p < 1)[:, None] & tail
+    kept = torch.empty_like(drop)
+    kept.scatter_(1, idx, ~drop)
+    return kept
+
+
+def _probs(logits: torch.Tensor, params: list[SamplingParams]):
+    """(greedy [n], kept [n, V], p [n, V] float32) of the vLLM-style sampler."""
+    T = torch.tensor([p.temperature for p in params], dtype=torch.float32)
+    greedy = T < SAMPLING_EPS
+    z = logits / torch.where(greedy, 1.0, T)[:, None]
+    kept = vllm_kept(z, [p.top_k for p in params], [p.top_p for p in params])
+    kept[greedy] = torch.nn.functional.one_hot(logits[greedy].argmax(1), logits.shape[1]).bool()
+    p = torch.softmax(z.masked_fill(~kept, float("-inf")), dim=1)
+    return greedy, kept, p
+
+
+class VllmSampler:
+    """The vLLM-style sampler as an Engine sampler: Engine(model, sampler=VllmSampler())."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self._gens: dict[str, torch.Generator] = {}
+
+    def _gen(self, request_id: str, seed: int) -> torch.Generator:
+        g = self._gens.get(request_id)
+        if g is None:
+            g = self._gens[request_id] = torch.Generator(device=self.device)
+            g.manual_seed(int(seed))
+        return g
+
+    def __call__(self, logits: torch.Tensor, requests, positions) -> torch.Tensor:
+        params = [r.params for r in requests]
+        greedy, _, p = _probs(logits, params)
+        q = torch.ones_like(p)
+        for i, r in enumerate(requests):
+            if not greedy[i]:
+                q[i] = draw(self._gen(r.request_id, r.params.seed), p.shape[1], self.device)
+        return torch.where(greedy, logits.argmax(1), (p / q).argmax(1))
+
+    def release(self, request_id: str):
+        self._gens.pop(request_id, None)
+
+
+def draw(g: torch.Generator, V: int, device: str = "cpu") -> torch.Tensor:
+    """One step's noise: q ~ Exponential(1) of shape [V] (float32, CPU) from generator g."""
+    return torch.empty(V, dtype=torch.float32, device=device).exponential_(generator=g).cpu()
+
+
+def noise(seed: int, n: int, V: int, device: str = "cpu") -> torch.Tensor:
+    """The q rows [n, V] of a request's first n sampled tokens."""
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return torch.stack([draw(g, V, device) for _ in range(n)]) if n else torch.empty(0, V)
+
+
+def stock_scores(logits: torch.Tensor, params: list[SamplingParams], claimed, q: torch.Tensor
+                 ) -> dict[str, torch.Tensor]:
+    """Scores of the claimed tokens [n] under the vLLM-style sampler with noise rows q [n, V]
+    (ignored on greedy rows): the columns of sampling.score."""
+    n, V = logits.shape
+    c = torch.as_tensor(claimed, dtype=torch.int64).reshape(-1, 1)
+    T = torch.tensor([p.temperature for p in params], dtype=torch.float64)
+    greedy, kept, p = _probs(logits, params)
+    choice = torch.where(greedy, logits.argmax(1), (p / q).argmax(1))
+    y = torch.log(p.double()) - torch.log(q.double())                 # -inf off the kept set
+    ymax = y.max(dim=1).values
+    yc = y.gather(1, c)[:, 0]
+    margin = torch.where(torch.isfinite(yc), T * (ymax - yc).clamp_min(0), math.inf)
+    lc = logits.gather(1, c)[:, 0]
+    margin = torch.where(greedy, (logits.max(1).values - lc).double(), margin)
+    zt = logits.double() / torch.where(greedy, 1.0, T)[:, None]
+    logprob = torch.log_softmax(zt, dim=1).gather(1, c)[:, 0]
+    in_kept = kept.gather(1, c)[:, 0]
+    return {"choice": choice, "exact": choice == c[:, 0], "logprob": logprob.float(),
+            "rank": (logits > lc[:, None]).sum(1), "in_top_k": in_kept, "in_top_p": in_kept,
+            "margin": margin.float(), "kept": kept.sum(1),
+            "sample_prob": p.double().gather(1, c)[:, 0]}
+
+
+def score_stock(records, model, policy: Policy | None = None, device: str = "cpu",
+                token_budget: int = 4096, check_model: bool = True):
+    """Verify records of a vLLM-style deployment (default policy: Policy.tolerant()) -> Report.
+
+    The logits are recomputed with replay's model (teacher-forced, as replay.verify does); the
+    noise of each sampled token is regenerated from the record's seed on `device`."""
+    from replay import verify as V_
+    from replay.model import Varlen
+    from replay.report import Report
+
+    policy = policy or Policy.tolerant()
+    if policy.kind == "tolerant" and policy.score == "ipt":
+        raise ValueError("score_stock: the IPT score does not describe the exponential race; "
+                         "use the gls score")
+    b = V_._as_batch(records)
+    t0 = time.perf_counter()
+    items = [V_._Item(i, r) for i, r in enumerate(b.records)]
+    good, errors = V_._check(items, model, check_model)
+    report = Report(policy=policy, model=model.identity, vocab_size=model.cfg.vocab_size)
+    for e in b.errors:
+        report.add_error(None, e)
+    for it, e in errors:
+        report.add_error(it.rec, e)
+    Vsz = model.cfg.vocab_size
+    for pack in V_._packs(good, token_budget):
+        batch = Varlen.prefill([it.rec.prompt + it.rec.output[:-1] for it in pack])
+        hidden = model.forward(batch, model.new_kv(batch.rows))
+        rows, meta, qs = [], [], []
+        for s, it in enumerate(pack):
+            r, P = it.rec, len(it.rec.prompt)
+            sampled = r.params.temperature >= SAMPLING_EPS
+            q = noise(r.params.seed, len(r.output) if sampled else 0, Vsz, device)
+            for j in range(len(r.output)):
+                rows.append(int(batch.cu[s]) + P - 1 + j)
+                meta.append((s, j, P + j, r.output[j], r.params))
+                qs.append(q[j] if sampled else torch.ones(Vsz))
+        if not rows:
+            continue
+        logits = model.logits(hidden[torch.tensor(rows)])
+        sc = stock_scores(logits, [m[4] for m in meta], [m[3] for m in meta], torch.stack(qs))
+        sc["gls"] = gls(sc["margin"], policy.sigma)
+        report.add_tokens(pack, meta, sc, policy.verdicts(sc))
+    report.finish(good, time.perf_counter() - t0)
+    return report
+
+
+# ---- importers ---------------------------------------------------------------------------------
+#
+# Both return a Batch: one Record per request, or one RecordError naming the request and the
+# field, so that one bad entry never costs the others. Sampling parameters that the samplers do
+# not model are rejected rather than dropped: a record scored without its repetition penalty
+# would fail honest tokens, and one scored without its stop strings would mis-judge termination.
+
+# name -> the value at which the parameter does nothing
+_NEUTRAL = {"min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+            "repetition_penalty": 1.0, "n": 1, "best_of": None, "logit_bias": None,
+            "bad_words": None, "allowed_token_ids": None, "min_tokens": 0, "stop": None,
+            "regex": None, "json_schema": None, "ebnf": None, "logits_processors": None}
+
+
+def _load(data):
+    import json
+    import os
+    if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
+        path = os.fspath(data)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if path.endswith((".jsonl", ".ndjson")):
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = json.loads(text)
+    return [data] if isinstance(data, dict) else list(data)
+
+
+def _neutral(sp: dict, name: str, rid: str):
+    for k, neutral in _NEUTRAL.items():
+        v = sp.get(k)
+        if v is None or v == neutral or v in ([], {}, ""):
+            continue
+        raise RecordError(rid, f"params.{k}", f"{k}={v!r} is not modelled by the {name} "
+                                              f"sampler; the record cannot be replayed")
+
+
+def _record(rid, prompt, output, sp, max_tokens, stops, ignore_eos, eos, model, meta):
+    seed = sp.get("seed")
+    if seed is None:
+        raise RecordError(rid, "params.seed", "missing: an unseeded request cannot be replayed")
+    top_k = sp.get("top_k", 0)
+    top_k = 0 if top_k is None or (isinstance(top_k, int) and top_k < 0) else top_k
+    t, tp = sp.get("temperature", 1.0), sp.get("top_p", 1.0)
+    stops = list(stops or [])
+    if eos is not None and not ignore_eos and eos not in stops:
+        stops.append(eos)
+    if max_tokens is None:  # up to the context: the record is bounded by what was served
+        max_tokens = len(output)
+    rec = Record(rid, list(prompt or []), list(output or []),
+                 SamplingParams(1.0 if t is None else t, top_k, 1.0 if tp is None else tp,
+                                seed), max_tokens, stops, model, meta)
+    rec.validate()
+    return rec.normalized()
+
+
+def _import(entries, parse) -> Batch:
+    records, errors = [], []
+    for n, e in enumerate(entries):
+        try:
+            records.append(parse(e, n))
+        except RecordError as err:
+            errors.append(err)
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            rid = e.get("request_id", f"entry {n}") if isinstance(e, dict) else f"entry {n}"
+            errors.append(RecordError(str(rid), None, f"unreadable entry: {err!r}"))
+    return Batch(records, errors)
+
+
+def from_vllm(data, model: str, eos_token_id: int | None = None) -> Batch:
+    """Records from vLLM logs: a path (.json / .jsonl), a dict or a list of dicts, each either
+    - an offline RequestOutput: {"request_id", "prompt_token_ids", "outputs": [{"token_ids",
+      "finish_reason"}], "sampling_params": {temperature, top_p, top_k, seed, max_tokens,
+      stop_token_ids, ignore_eos, ...}}, or
+    - a server log pair {"request": <completions body>, "response": <completions response>},
+      the prompt as token ids ("prompt" or "prompt_token_ids"), the output as
+      response.choices[0].token_ids (vLLM's return_token_ids).
+    eos_token_id: added to the stop tokens unless ignore_eos (vLLM stops on it implicitly)."""
+    def parse(e, n):
+        if "request" in e and "response" in e:
+            req, resp = e["request"], e["response"]
+            rid = str(resp.get("id") or req.get("request_id") or f"entry {n}")
+            ch = resp["choices"]
+            if len(ch) != 1:
+                raise RecordError(rid, "params.n", f"{len(ch)} choices; one per request is "
+                                                   "supported")
+            prompt = resp.get("prompt_token_ids") or ch[0].get("prompt_token_ids") \
+                or req.get("prompt_token_ids") or req.get("prompt")
+            if not (isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)):
+                raise RecordError(rid, "prompt", "the prompt must be logged as token ids")
+            output, finish, sp = ch[0].get("token_ids"), ch[0].get("finish_reason"), req
+        else:
+            rid = str(e["request_id"])
+            outs = e["outputs"]
+            if len(outs) != 1:
+                raise RecordError(rid, "params.n", f"{len(outs)} outputs; one per request is "
+                                                   "supported")
+            prompt, output, finish = e["prompt_token_ids"], outs[0]["token_ids"], \
+                outs[0].get("finish_reason")
+            sp = e.get("sampling_params", {})
+        if output is None:
+            raise RecordError(rid, "output", "no output token ids in the log")
+        _neutral(sp, "vLLM-style", rid)
+        return _record(rid, prompt, output, sp, sp.get("max_tokens", 16),
+                       sp.get("stop_token_ids"), sp.get("ignore_eos", False), eos_token_id,
+                       model, {"engine": "vllm", "sampler": "vllm", "finish_reason": finish})
+    return _import(_load(data), parse)
+
+
+def from_sglang(data, model: str, eos_token_id: int | None = None) -> Batch:
+    """Records from SGLang /generate logs: a path, a dict or a list of dicts, each
+    {"request": {"input_ids", "sampling_params": {temperature, top_p, top_k, max_new_tokens,
+    stop_token_ids, sampling_seed (or seed), ignore_eos, ...}, "rid"?},
+     "response": {"output_ids", "meta_info": {"id", "finish_reason": {"type", ...}}}}
+    or the same keys flattened into one object. SGLang's own sampler is not replayed here
+    (meta.sampler = "sglang"): score these records with rank / probability policies, or with
+    score_stock if the deployment ran the vLLM-style exponential race."""
+    def parse(e, n):
+        req = e.get("request", e)
+        resp = e.get("response", e)
+        mi = resp.get("meta_info", {})
+        rid = str(req.get("rid") or mi.get("id") or e.get("request_id") or f"entry {n}")
+        sp = dict(req.get("sampling_params", {}))
+        if "sampling_seed" in sp:
+            sp["seed"] = sp.pop("sampling_seed")
+        _neutral(sp, "SGLang-style", rid)
+        finish = mi.get("finish_reason")
+        finish = finish.get("type") if isinstance(finish, dict) else finish
+        return _record(rid, req.get("input_ids"), resp.get("output_ids"), sp,
+                       sp.get("max_new_tokens", 128), sp.get("stop_token_ids"),
+                       sp.get("ignore_eos", False), eos_token_id, model,
+                       {"engine": "sglang", "sampler": "sglang", "finish_reason": finish})
+    return _import(_load(data), parse)
