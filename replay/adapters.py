@@ -131,11 +131,13 @@ def stock_scores(logits: torch.Tensor, params: list[SamplingParams], claimed, q:
 
 
 def score_stock(records, model, policy: Policy | None = None, device: str = "cpu",
-                token_budget: int = 4096, check_model: bool = True):
+                token_budget: int = 4096, check_model: bool = True,
+                seed_key: bytes | None = None):
     """Verify records of a vLLM-style deployment (default policy: Policy.tolerant()) -> Report.
 
     The logits are recomputed with replay's model (teacher-forced, as replay.verify does); the
-    noise of each sampled token is regenerated from the record's seed on `device`."""
+    noise of each sampled token is regenerated from the record's seed on `device`. seed_key:
+    as in replay.verify, the logger's key that the seeds must derive from."""
     from replay import verify as V_
     from replay.model import Varlen
     from replay.report import Report
@@ -173,6 +175,7 @@ def score_stock(records, model, policy: Policy | None = None, device: str = "cpu
         sc["gls"] = gls(sc["margin"], policy.sigma)
         report.add_tokens(pack, meta, sc, policy.verdicts(sc))
     report.finish(good, time.perf_counter() - t0)
+    V_.mark_seed_failures(report, V_.seed_failures([it.rec for it in good], seed_key))
     return report
 
 

@@ -20,7 +20,7 @@ import torch
 from replay import sampling, scores
 from replay.model import Model, Varlen
 from replay.policy import Policy, gls
-from replay.records import Batch, Record, RecordError
+from replay.records import Batch, Record, RecordError, derive_seed
 from replay.report import Report
 
 
@@ -112,9 +112,34 @@ def _score_pack(model: Model, pack: list[_Item], lm_chunk: int, keep_logits: boo
     return meta, out, (torch.cat(kept_logits) if kept_logits else None)
 
 
+def seed_failures(records, seed_key: bytes | None) -> dict[str, str]:
+    """request_id -> reason, for records whose seed is not HMAC-SHA256(seed_key, request_id)
+    (records.derive_seed): a server that picks its own seeds can grind them to steer outputs."""
+    if seed_key is None:
+        return {}
+    out = {}
+    for r in records:
+        want = derive_seed(seed_key, r.request_id)
+        if r.params.seed != want:
+            out[r.request_id] = (f"params.seed: {r.params.seed} is not the logger's seed for "
+                                 f"this request_id ({want})")
+    return out
+
+
+def mark_seed_failures(report: Report, fails: dict[str, str]):
+    """Fail the report's records whose seed check failed (their tokens stay scored)."""
+    for row in report.records:
+        why = fails.get(row["request_id"])
+        if why is None or row["verdict"] == "error":
+            continue
+        row["verdict"] = "fail"
+        row["field"] = "params.seed"
+        row["reason"] = "; ".join(x for x in (why, row["reason"]) if x)
+
+
 def verify(batch, model: Model, policy: Policy | None = None, token_budget: int = 4096,
            lm_chunk: int = 512, check_model: bool = True, keep_logits: bool = False,
-           progress: bool = False) -> Report:
+           progress: bool = False, seed_key: bytes | None = None) -> Report:
     """Verify every output token of every record in `batch`.
 
     batch:        a Batch, a list of Records, or a path (JSONL, Parquet, or a folder of shards)
@@ -124,6 +149,8 @@ def verify(batch, model: Model, policy: Policy | None = None, token_budget: int 
     lm_chunk:     output rows per LM-head and scoring chunk
     check_model:  reject records whose `model` field is not this model's identity
     keep_logits:  keep the recomputed logits rows on the report (report.logits[request_id])
+    seed_key:     the logger's HMAC key: each record's params.seed must equal
+                  records.derive_seed(seed_key, request_id), else the record fails
     """
     policy = policy or Policy.exact()
     if token_budget < 1 or lm_chunk < 1:
@@ -159,4 +186,5 @@ def verify(batch, model: Model, policy: Policy | None = None, token_budget: int 
     if bar:
         bar.close()
     report.finish(good, time.perf_counter() - t0)
+    mark_seed_failures(report, seed_failures([it.rec for it in good], seed_key))
     return report
