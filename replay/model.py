@@ -285,8 +285,8 @@ class Model:
             ops.rope_(k, pos, self.cos, self.sin)
             kv.k[i][rows] = k
             kv.v[i][rows] = v
-            o = ops.attention(q, kv.k[i], kv.v[i], cu, pos0, kv_start,
-                              1.0 / math.sqrt(D), cfg.window)               # (T, Hq, D)
+            o = ops.attention(q, kv.k[i], kv.v[i], cu, pos0, kv_start, 1.0 / math.sqrt(D),
+                              cfg.window, validate=i == 0)                  # (T, Hq, D)
             x = ops.linear(o.view(T, Hq * D), w[p + "wo"], w.get(p + "bo"))
             h, residual = ops.add_rms_norm(x, residual, w[p + "ln2"], cfg.rms_norm_eps)
             x = ops.linear(ops.silu_mul(ops.linear(h, w[p + "wgu"])), w[p + "wdown"])
