@@ -131,6 +131,44 @@ class Report:
         with open(os.path.join(out_dir, "report.json"), "w") as f:
             json.dump(self.to_dict(), f, indent=1, default=_json_default)
 
+    def plot(self, out_dir: str, attacked=None, records=None, thresholds=None) -> list[str]:
+        """PNG plots of this (honest) report against attacked traffic (replay.plots):
+        scores.png (gls histograms), detection.png (attacked records caught against tokens
+        inspected) and, when the report kept its logits and `records` (the verified records,
+        for their sampling parameters) are given, sweep.png (extractable fraction against
+        false-positive rate over gls `thresholds`). attacked: a Report or {label: Report}."""
+        from replay import plots
+
+        os.makedirs(out_dir, exist_ok=True)
+        if isinstance(attacked, Report):
+            attacked = {"attacked": attacked}
+        attacked = attacked or {}
+        thr = self.policy.gls_threshold if self.policy.kind == "tolerant" else None
+        out = [plots.score_histogram(self.tokens["gls"],
+                                     {k: r.tokens["gls"] for k, r in attacked.items()},
+                                     os.path.join(out_dir, "scores.png"), threshold=thr)]
+        if attacked:
+            curves = {}
+            for k, r in attacked.items():
+                rows = [x for x in r.records if x["verdict"] != "error"]
+                curves[k] = plots.detection_curve([x["first_failure"] for x in rows],
+                                                  [x["n_tokens"] for x in rows])
+            out.append(plots.detection_plot(curves, os.path.join(out_dir, "detection.png"),
+                                            title=f"detection under the {self.policy.kind} "
+                                                  f"policy"))
+        if self.logits and records is not None:
+            from replay import bound
+
+            by_id = {r.request_id: r for r in records}
+            t = self.tokens
+            logits = torch.cat([self.logits[rid] for rid in dict.fromkeys(t["request_id"])])
+            params = [by_id[rid].params for rid in t["request_id"]]
+            thresholds = thresholds or [-1, -2, -3, -5, -8, -12, -20, -30]
+            curve = bound.sweep(logits, params, t["position"], torch.tensor(t["margin"]),
+                                thresholds, sigma=self.policy.sigma)
+            out.append(plots.sweep_plot({self.model: curve}, os.path.join(out_dir, "sweep.png")))
+        return out
+
     def summary(self, max_lines: int = 10) -> str:
         c = self.counts()
         n = max(c["tokens"], 1)

@@ -1,0 +1,104 @@
+"""PNG plots of the exfiltration report (matplotlib, Agg; install the "plots" extra).
+
+- sweep_plot: extractable fraction of the channel against the honest false-positive rate, one
+  curve per traffic source, as bound.sweep traces it over gls thresholds;
+- score_histogram: per-token gls of honest and attacked traffic;
+- detection_plot: share of attacked records caught against tokens inspected per record.
+
+Each function takes plain numbers and writes one file; Report.plot gathers them from reports.
+Figures are drawn on matplotlib.figure.Figure directly (no pyplot state), so plotting from a
+server or a test never needs a display.
+"""
+from __future__ import annotations
+
+import math
+
+GLS_FLOOR = -40.0   # gls below this (and -inf: tokens outside the kept set) fall in one bin
+
+
+def _figure(w=6.4, h=4.2):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ImportError("plots need matplotlib: pip install 'replay[plots]'") from e
+    return Figure(figsize=(w, h), dpi=110, layout="constrained")
+
+
+def sweep_plot(curves: dict, path: str, marks: dict | None = None, title: str | None = None):
+    """curves: label -> [(threshold, fpr, fraction)]; marks: label -> (fpr, fraction), points
+    drawn as stars (a chosen threshold, a published figure). FPR 0 is drawn at the axis floor."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    fprs = [f for c in curves.values() for _, f, _ in c if f > 0]
+    fprs += [m[0] for m in (marks or {}).values() if m[0] > 0]
+    floor = min(fprs) / 10 if fprs else 1e-6
+    for label, c in curves.items():
+        pts = sorted((max(f, floor), 100 * frac) for _, f, frac in c)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
+    for label, (f, frac) in (marks or {}).items():
+        ax.plot([max(f, floor)], [100 * frac], marker="*", ms=12, ls="none", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_xlabel(f"honest false-positive rate per token (0 drawn at {floor:.0e})")
+    ax.set_ylabel("extractable fraction of the channel (%)")
+    ax.set_title(title or "hidden capacity against false-positive rate (gls threshold sweep)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path)
+    return path
+
+
+def score_histogram(honest, attacked: dict, path: str, threshold: float | None = None,
+                    title: str | None = None):
+    """honest: per-token gls values; attacked: label -> gls values. Log-scale counts."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    clip = lambda xs: [max(float(x), GLS_FLOOR) if not math.isnan(float(x)) else GLS_FLOOR
+                       for x in xs]
+    bins = [GLS_FLOOR + i * (0.5 - GLS_FLOOR) / 60 for i in range(61)]
+    ax.hist(clip(honest), bins=bins, histtype="stepfilled", alpha=0.35, color="gray",
+            label=f"honest ({len(honest):,} tokens)", density=True)
+    for label, xs in attacked.items():
+        ax.hist(clip(xs), bins=bins, histtype="step", lw=1.4, density=True,
+                label=f"{label} ({len(xs):,})")
+    if threshold is not None and math.isfinite(threshold):
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.2f}")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"gls = log Phi(-margin / (sqrt 2 sigma))  (<= {GLS_FLOOR:g} in the first bin)")
+    ax.set_ylabel("density of tokens")
+    ax.set_title(title or "per-token score, honest and attacked traffic")
+    ax.legend(fontsize=7)
+    fig.savefig(path)
+    return path
+
+
+def detection_curve(first_failure, n_tokens, max_n: int | None = None):
+    """(x, y): y[i] = share of records with a rejected token among their first x[i] tokens.
+    first_failure: per record the index of its first rejected token, or None."""
+    n = len(first_failure)
+    max_n = max_n or max([t for t in n_tokens] + [1])
+    xs = list(range(1, max_n + 1))
+    ff = sorted(f for f in first_failure if f is not None)
+    ys, k = [], 0
+    for x in xs:
+        while k < len(ff) and ff[k] < x:
+            k += 1
+        ys.append(k / n if n else 0.0)
+    return xs, ys
+
+
+def detection_plot(curves: dict, path: str, title: str | None = None):
+    """curves: label -> (x, y) from detection_curve."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    for label, (x, y) in curves.items():
+        ax.plot(x, [100 * v for v in y], label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("output tokens inspected per record")
+    ax.set_ylabel("attacked records detected (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(title or "detection rate against tokens inspected")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path)
+    return path
