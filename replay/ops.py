@@ -282,23 +282,26 @@ def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, cu_q: t
 
 
 def _attention_torch(q, k_buf, v_buf, cu_q, pos0, kv_start, scale, window):
+    """Plain torch: every chunk and its keys padded into one batch, one SDPA call."""
     T, Hq, D = q.shape
-    Hkv = k_buf.shape[1]
-    out = torch.empty_like(q)
-    for s in range(pos0.shape[0]):
-        a, b = int(cu_q[s]), int(cu_q[s + 1])
-        if a == b:
-            continue
-        p0, r0 = int(pos0[s]), int(kv_start[s])
-        n_kv = p0 + (b - a)
-        qs = q[a:b].transpose(0, 1)  # (Hq, n, D)
-        ks = k_buf[r0:r0 + n_kv].transpose(0, 1).repeat_interleave(Hq // Hkv, dim=0)
-        vs = v_buf[r0:r0 + n_kv].transpose(0, 1).repeat_interleave(Hq // Hkv, dim=0)
-        qpos = torch.arange(p0, p0 + b - a, device=q.device).unsqueeze(1)
-        kpos = torch.arange(n_kv, device=q.device).unsqueeze(0)
-        mask = kpos <= qpos
-        if window:
-            mask &= kpos > qpos - window
-        o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale)
-        out[a:b] = o.transpose(0, 1)
-    return out
+    R, Hkv = k_buf.shape[:2]
+    if T == 0:
+        return torch.empty_like(q)
+    dev = q.device
+    n = cu_q[1:] - cu_q[:-1]                                       # (S,) queries per chunk
+    n_kv = pos0 + n                                                # (S,) keys per chunk
+    Lq, Lk = int(n.max()), int(n_kv.max())
+    iq, ik = torch.arange(Lq, device=dev), torch.arange(Lk, device=dev)
+    q_ok = iq < n[:, None]                                         # (S, Lq)
+    rows_q = (cu_q[:-1, None] + iq).clamp(max=T - 1)
+    rows_k = (kv_start[:, None] + ik).clamp(max=R - 1)             # (S, Lk)
+    qpos = pos0[:, None] + iq                                      # (S, Lq)
+    mask = (ik <= qpos[:, :, None]) & (ik < n_kv[:, None, None])   # (S, Lq, Lk)
+    if window:
+        mask &= ik > qpos[:, :, None] - window
+    mask |= ~q_ok[:, :, None] & (ik == 0)  # padding rows attend somewhere; they are dropped
+    qs = q[rows_q].transpose(1, 2)                                 # (S, Hq, Lq, D)
+    ks = k_buf[rows_k].transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)  # (S, Hq, Lk, D)
+    vs = v_buf[rows_k].transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)
+    o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask[:, None], scale=scale)
+    return o.transpose(1, 2)[q_ok]                                 # (T, Hq, D), packed order
