@@ -61,12 +61,16 @@ def kept_mask(logits: torch.Tensor, params_rows, positions) -> torch.Tensor:
     p, pos = rows(params_rows, n), _positions(positions, n)
     sc = sampling.score(logits, p["temperature"], p["top_k"], p["top_p"], p["seed"], pos,
                         claimed=[0] * n)
-    T = torch.tensor(p["temperature"], dtype=torch.float32)
-    z = torch.where(T[:, None] > 0, logits / T.clamp_min(1e-30)[:, None], logits)  # [n, V]
-    order = torch.sort(z, dim=1, descending=True, stable=True).indices  # (z desc, id asc)
-    first = torch.arange(V)[None, :] < sc["kept"][:, None]              # [n, V] in order
-    mask = torch.zeros(n, V, dtype=torch.bool)
-    mask.scatter_(1, order, first)
+    mask = torch.ones(n, V, dtype=torch.bool)
+    part = (sc["kept"] < V).nonzero()[:, 0]  # rows with a filter: sort only those
+    if len(part):
+        T = torch.tensor(p["temperature"], dtype=torch.float32)[part]
+        l = logits[part]
+        z = torch.where(T[:, None] > 0, l / T.clamp_min(1e-30)[:, None], l)   # [m, V]
+        order = torch.sort(z, dim=1, descending=True, stable=True).indices  # (z desc, id asc)
+        first = torch.arange(V)[None, :] < sc["kept"][part][:, None]        # [m, V] in order
+        sub = torch.zeros(len(part), V, dtype=torch.bool)
+        mask[part] = sub.scatter_(1, order, first)
     return mask
 
 
