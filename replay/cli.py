@@ -3,6 +3,8 @@
     replay demo                                   generate with the shipped model, verify all
     replay generate --prompts p.txt --out r.jsonl generate records with replay's engine
     replay verify r.jsonl [--out report/]         verify records; exit 1 if any record fails
+    replay verify --ray local logs/ --out res/    the same on a Ray cluster (resumable)
+    replay watch logs/ --out res/                 verify shards as they appear; alarm on failure
 """
 from __future__ import annotations
 
@@ -78,20 +80,68 @@ def cmd_generate(a) -> int:
     return 0
 
 
-def cmd_verify(a) -> int:
+def _policy(a):
     from replay.policy import Policy
+
+    return (Policy.tolerant(a.gls_threshold, a.rank_threshold, a.sigma)
+            if a.policy == "tolerant" else Policy.exact())
+
+
+def cmd_verify(a) -> int:
     from replay.verify import verify
 
+    if a.ray:
+        return _verify_ray(a)
+    if len(a.records) != 1:
+        raise SystemExit("replay verify: several record paths need --ray (or pass a folder)")
     model = _model(a.model)
-    policy = (Policy.tolerant(a.gls_threshold, a.rank_threshold, a.sigma)
-              if a.policy == "tolerant" else Policy.exact())
-    report = verify(a.records, model=model, policy=policy, token_budget=a.token_budget,
+    policy = _policy(a)
+    report = verify(a.records[0], model=model, policy=policy, token_budget=a.token_budget,
                     check_model=not a.no_model_check, progress=not a.quiet)
     print(report.summary(max_lines=a.show))
     if a.out:
         report.write(a.out)
         print(f"tables written to {a.out}/ (records.parquet, tokens.parquet, report.json)")
     return 0 if report.ok else 1
+
+
+def _verify_ray(a) -> int:
+    import replay
+    from replay.fleet import FleetIncomplete, verify_fleet
+
+    if not a.out:
+        raise SystemExit("replay verify --ray: --out DIR is required (results, and what a "
+                         "re-run resumes from)")
+    try:
+        res = verify_fleet(a.records, a.model or replay.TINY_MODEL, a.out, address=a.ray,
+                           workers=a.workers, policy=_policy(a), token_budget=a.token_budget,
+                           check_model=not a.no_model_check, num_cpus=a.num_cpus)
+    except FleetIncomplete as e:
+        print(f"replay verify --ray: incomplete: {e}", file=sys.stderr)
+        return 2
+    print(res.summary(max_lines=a.show))
+    return 0 if res.ok else 1
+
+
+def cmd_watch(a) -> int:
+    import replay
+    from replay.watch import Watcher
+
+    w = Watcher(a.dir, a.out, model=a.model or replay.TINY_MODEL, policy=_policy(a),
+                token_budget=a.token_budget, check_model=not a.no_model_check,
+                alarm_cmd=a.alarm_cmd, settle=a.settle, quiet=a.quiet)
+    return w.run(once=a.once, interval=a.interval, exit_on_alarm=a.exit_on_alarm)
+
+
+def _policy_args(v):
+    v.add_argument("--policy", choices=["exact", "tolerant"], default="exact")
+    v.add_argument("--gls-threshold", type=float, default=-5.0)
+    v.add_argument("--rank-threshold", type=int, default=32)
+    v.add_argument("--sigma", type=float, default=1.0)
+    v.add_argument("--token-budget", type=int, default=4096,
+                   help="teacher-forced tokens per forward pass")
+    v.add_argument("--no-model-check", action="store_true",
+                   help="do not reject records whose 'model' field differs from this model")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,20 +177,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=cmd_generate)
 
     v = sub.add_parser("verify", help="verify records token by token (exit 1 on any failure)")
-    v.add_argument("records", help="records: .jsonl, .parquet, or a folder of shards")
+    v.add_argument("records", nargs="+",
+                   help="records: .jsonl, .parquet, or a folder of shards (several with --ray)")
     v.add_argument("--model", help="model directory (default: the shipped small model)")
-    v.add_argument("--policy", choices=["exact", "tolerant"], default="exact")
-    v.add_argument("--gls-threshold", type=float, default=-5.0)
-    v.add_argument("--rank-threshold", type=int, default=32)
-    v.add_argument("--sigma", type=float, default=1.0)
-    v.add_argument("--token-budget", type=int, default=4096,
-                   help="teacher-forced tokens per forward pass")
-    v.add_argument("--no-model-check", action="store_true",
-                   help="do not reject records whose 'model' field differs from this model")
+    _policy_args(v)
     v.add_argument("--out", help="write records.parquet, tokens.parquet and report.json here")
+    v.add_argument("--ray", metavar="local|ADDRESS",
+                   help="verify on a Ray cluster: 'local' starts one on this machine; resumable "
+                        "(a re-run with the same --out verifies only what has no result)")
+    v.add_argument("--workers", type=int, help="--ray: verifier actors (default: one per GPU, "
+                                               "else one per CPU)")
+    v.add_argument("--num-cpus", type=int, help="--ray local: CPUs of the local cluster")
     v.add_argument("--show", type=int, default=10, help="failing records listed in the summary")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(fn=cmd_verify)
+
+    w = sub.add_parser("watch", help="verify record shards as they appear in a folder; alarm "
+                                     "on any failing record")
+    w.add_argument("dir", help="folder the logger writes *.jsonl / *.parquet shards into")
+    w.add_argument("--out", required=True, help="results folder (per-shard tables, ALARM file)")
+    w.add_argument("--model", help="model directory (default: the shipped small model)")
+    _policy_args(w)
+    w.add_argument("--alarm-cmd", help="shell command run on each alarm (webhook-style); gets "
+                                       "REPLAY_ALARM_FILE, REPLAY_ALARM_SHARD, REPLAY_ALARM_JSON")
+    w.add_argument("--once", action="store_true",
+                   help="verify what is there now and exit (1 if any alarm)")
+    w.add_argument("--exit-on-alarm", action="store_true", help="stop at the first alarm (exit 1)")
+    w.add_argument("--interval", type=float, default=2.0, help="seconds between scans")
+    w.add_argument("--settle", type=float, default=2.0,
+                   help="a shard is read once unchanged for this many seconds (not with --once)")
+    w.add_argument("--quiet", action="store_true")
+    w.set_defaults(fn=cmd_watch)
     return p
 
 

@@ -1,0 +1,379 @@
+"""Fleet verification on Ray: many record shards, one verifier actor per device.
+
+    res = verify_fleet(["logs/"], model="path/to/model", out="results/", address="local")
+    print(res.summary())              # exit status: res.ok
+
+Pipeline (Ray Data): shard paths -> read tasks (each reads one shard with replay.records and
+emits token-budget packs) -> an actor pool (one actor per device, each holding the model) that
+runs replay.verify on a pack and writes its result rows to out/parts/ -> the driver, which merges
+the parts into out/records.parquet.
+
+Why every input record gets exactly one result row:
+- Each input item has a key: "<shard>#<request_id>" for a record, "!<file:line>" for a line or
+  file that could not be read. The read task writes the shard's keys to out/shards/ (a manifest).
+- An actor writes a pack's rows to a file named by the hash of the pack's keys, atomically (temp
+  file + rename). A worker that dies before the rename leaves nothing; Ray restarts the actor and
+  retries the pack. One that dies after it leaves a file that the retry rewrites with the same
+  bits. So a dead worker costs a retry, never a record.
+- Re-running after a crash reads the parts already written and sends only the keys without a row
+  (resume). The merge keeps one row per key (verification is deterministic, so copies agree) and
+  checks every manifest key has a row.
+- A request_id seen in an earlier shard becomes a "duplicate" error row, as in a single-process
+  Batch.read over the same folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from replay.records import JSONL_SUFFIXES, PARQUET_SUFFIXES, Batch, Record, RecordError
+
+ROW_COLUMNS = ("key", "shard", "ordinal", "request_id", "verdict", "reason", "field", "n_tokens",
+               "n_exact", "n_suspicious", "n_dangerous", "first_failure", "termination")
+
+
+class FleetIncomplete(RuntimeError):
+    """The run stopped before every record had a result; run it again to resume."""
+
+
+def list_shards(paths) -> list[str]:
+    """Record shards: files as given, folders expanded to their sorted *.jsonl / *.parquet files
+    (hidden files and *.tmp skipped), in the order a single-process Batch.read would use."""
+    out = []
+    for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            out += sorted(os.path.join(p, f) for f in os.listdir(p)
+                          if f.endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES) and not f.startswith("."))
+        elif os.path.exists(p):
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    if not out:
+        raise FileNotFoundError(f"{paths}: no *.jsonl or *.parquet shards")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# reading: one shard -> items (records or errors) -> token-budget packs
+
+def _error_item(e: Exception, path: str) -> dict:
+    loc = getattr(e, "location", None) or path
+    return {"key": "!" + loc, "error": {"record": getattr(e, "record", None) or loc,
+                                        "field": getattr(e, "field", None), "reason": str(e)}}
+
+
+def shard_items(path: str) -> list[dict]:
+    """Every input item of one shard, in order: {"key", "record"} or {"key", "error"}. An
+    unreadable shard is one error item naming the file; a bad line or row names file:line."""
+    try:
+        b = Batch.from_jsonl(path) if path.endswith(JSONL_SUFFIXES) else Batch.from_parquet(path)
+    except (RecordError, OSError, ValueError) as e:
+        return [_error_item(e, path)]
+    items = [{"key": f"{path}#{r.request_id}", "record": r.to_dict()} for r in b.records]
+    return items + [_error_item(e, path) for e in b.errors]
+
+
+def _cost(item: dict) -> int:
+    r = item.get("record")
+    return len(r["prompt"]) + max(len(r["output"]) - 1, 0) if r else 0
+
+
+def pack_items(items: list[dict], token_budget: int) -> list[list[dict]]:
+    """Consecutive groups of at most token_budget teacher-forced tokens (a longer record alone)."""
+    packs, cur, used = [], [], 0
+    for it in items:
+        n = _cost(it)
+        if cur and used + n > token_budget:
+            packs.append(cur)
+            cur, used = [], 0
+        cur.append(it)
+        used += n
+    return packs + [cur] if cur else packs
+
+
+def _digest(s: str) -> str:
+    return hashlib.sha256(s.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def _atomic_write(path: str, write):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class _Reader:
+    """Ray Data flat_map: {"shard", "order"} -> one row per pack of that shard still to verify."""
+
+    def __init__(self, out: str, done: dict, token_budget: int):
+        self.out, self.done, self.budget = out, done, token_budget
+
+    def __call__(self, row):
+        path, order = row["shard"], int(row["order"])
+        items = shard_items(path)
+        for i, it in enumerate(items):
+            it["ordinal"] = i
+        man = os.path.join(self.out, "shards", _digest(path) + ".json")
+        _atomic_write(man, lambda p: _dump(p, {"shard": path, "order": order,
+                                               "keys": [it["key"] for it in items]}))
+        done = set(self.done.get(path, ()))
+        todo = [it for it in items if it["key"] not in done]
+        for pack in pack_items(todo, self.budget):
+            yield {"shard": path, "order": order, "pack": json.dumps(pack)}
+
+
+def _dump(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+# ---------------------------------------------------------------------------------------------
+# verifying: one actor per device
+
+def load_model(spec, device: str = "cpu"):
+    """A replay Model from a directory, a Model, or a zero-argument callable returning one."""
+    from replay.model import Model
+
+    if isinstance(spec, Model):
+        m = spec
+    elif callable(spec):
+        m = spec()
+    else:
+        m = Model.from_pretrained(os.fspath(spec))
+    return m.to(device) if device != "cpu" else m
+
+
+def verify_pack(model, pack: list[dict], shard: str, policy, token_budget: int,
+                check_model: bool) -> list[dict]:
+    """Result rows (ROW_COLUMNS) of one pack, one per item, in the pack's order."""
+    from replay.verify import verify
+
+    recs, by_rid, rows = [], {}, {}
+    for it in pack:
+        if "error" in it:
+            e = it["error"]
+            rows[it["key"]] = _row(it, shard, e["record"], "error", e["reason"], e["field"])
+            continue
+        try:
+            r = Record.from_dict(it["record"])
+        except RecordError as e:  # cannot happen for items that shard_items wrote
+            rows[it["key"]] = _row(it, shard, e.record, "error", str(e), e.field)
+            continue
+        recs.append(r)
+        by_rid[r.request_id] = it
+    if recs:
+        rep = verify(recs, model=model, policy=policy, token_budget=token_budget,
+                     check_model=check_model)
+        for rr in rep.records:
+            it = by_rid[rr["request_id"]]
+            rows[it["key"]] = {**_row(it, shard, rr["request_id"], rr["verdict"], rr["reason"],
+                                      rr["field"]),
+                               **{k: rr[k] for k in ROW_COLUMNS[7:]}}
+    return [rows[it["key"]] for it in pack]
+
+
+def _row(it, shard, rid, verdict, reason, fld) -> dict:
+    return {"key": it["key"], "shard": shard, "ordinal": it["ordinal"], "request_id": rid,
+            "verdict": verdict, "reason": reason, "field": fld, "n_tokens": 0, "n_exact": 0,
+            "n_suspicious": 0, "n_dangerous": 0, "first_failure": None, "termination": None}
+
+
+def _write_rows(path: str, rows: list[dict]):
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
+    df["first_failure"] = df["first_failure"].astype("Int64")
+    _atomic_write(path, lambda p: df.to_parquet(p, index=False))
+
+
+class _Verifier:
+    """Ray Data actor: holds the model; one call verifies packs and writes their rows."""
+
+    def __init__(self, model, device, policy, token_budget, check_model, out, threads):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = load_model(model, device)
+        self.policy, self.budget, self.check = policy, token_budget, check_model
+        self.parts = os.path.join(out, "parts")
+        open(os.path.join(out, "workers", str(os.getpid())), "w").close()  # who to kill, in tests
+
+    def __call__(self, batch):
+        n, tok = [], []
+        for shard, pack in zip(batch["shard"], batch["pack"]):
+            pack = json.loads(pack)
+            rows = verify_pack(self.model, pack, str(shard), self.policy, self.budget, self.check)
+            name = _digest("\n".join(it["key"] for it in pack))
+            _write_rows(os.path.join(self.parts, f"part-{name}.parquet"), rows)
+            n.append(len(rows))
+            tok.append(sum(r["n_tokens"] for r in rows))
+        return {"n": n, "tokens": tok}
+
+
+# ---------------------------------------------------------------------------------------------
+# merging
+
+def read_parts(out: str):
+    """Every row written so far, one per key (pandas), or None."""
+    import pandas as pd
+
+    d = os.path.join(out, "parts")
+    files = sorted(f for f in os.listdir(d) if f.endswith(".parquet")) if os.path.isdir(d) else []
+    if not files:
+        return None
+    df = pd.concat([pd.read_parquet(os.path.join(d, f)) for f in files], ignore_index=True)
+    return df.drop_duplicates("key", keep="first")
+
+
+def merge(out: str, shards: list[str]):
+    """One row per input item of `shards` (pandas), in shard then item order; raises
+    FleetIncomplete if some item has no row yet."""
+    import pandas as pd
+
+    df = read_parts(out)
+    keys, order = [], {}
+    for i, s in enumerate(shards):
+        man = os.path.join(out, "shards", _digest(s) + ".json")
+        if not os.path.exists(man):
+            raise FleetIncomplete(f"{s}: not read yet")
+        with open(man) as f:
+            keys += json.load(f)["keys"]
+        order[s] = i
+    have = set(df["key"]) if df is not None else set()
+    missing = [k for k in keys if k not in have]
+    if missing:
+        raise FleetIncomplete(f"{len(missing)} of {len(keys)} records have no result yet "
+                              f"(first: {missing[0]}); run again to resume")
+    df = df[df["key"].isin(set(keys))].copy()
+    df["_order"] = df["shard"].map(order)
+    df = df.sort_values(["_order", "ordinal"], kind="stable").drop(columns="_order")
+    # A request_id already seen in an earlier shard: the later copy is rejected, as Batch.read does
+    first: dict = {}
+    for i, (rid, v, sh) in enumerate(zip(df["request_id"], df["verdict"], df["shard"])):
+        if v == "error" or rid is None:
+            continue
+        if rid in first and first[rid] != sh:
+            df.iloc[i, df.columns.get_loc("verdict")] = "error"
+            df.iloc[i, df.columns.get_loc("field")] = "request_id"
+            df.iloc[i, df.columns.get_loc("reason")] = str(RecordError(
+                rid, "request_id", f"duplicate request_id in the batch (first at {first[rid]})",
+                sh))
+            for c in ROW_COLUMNS[7:11]:
+                df.iloc[i, df.columns.get_loc(c)] = 0
+        first.setdefault(rid, sh)
+    return df.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+@dataclass
+class FleetResult:
+    out: str
+    rows: object            # pandas DataFrame, one row per input item (ROW_COLUMNS)
+    resumed: int            # rows that already existed when this run started
+    verified: int           # rows written by this run
+    seconds: float
+    workers: int
+
+    @property
+    def counts(self) -> dict:
+        v = self.rows["verdict"]
+        return {"records": len(v), "pass": int((v == "pass").sum()),
+                "fail": int((v == "fail").sum()), "error": int((v == "error").sum()),
+                "tokens": int(self.rows["n_tokens"].sum())}
+
+    @property
+    def ok(self) -> bool:
+        return bool((self.rows["verdict"] == "pass").all())
+
+    def summary(self, max_lines: int = 10) -> str:
+        c = self.counts
+        lines = [f"replay verify --ray: {c['records']} records ({self.resumed} from an earlier "
+                 f"run), {c['tokens']:,} output tokens, {self.workers} workers",
+                 f"  records: {c['pass']} pass, {c['fail']} fail, {c['error']} malformed"]
+        bad = self.rows[self.rows["verdict"] != "pass"]
+        for _, r in bad.head(max_lines).iterrows():
+            lines.append(f"  {r['verdict'].upper():5s} {r['request_id']}: {r['reason']}")
+        if len(bad) > max_lines:
+            lines.append(f"  ... and {len(bad) - max_lines} more")
+        lines.append(f"  {self.seconds:.1f} s; results in {self.out}/records.parquet")
+        return "\n".join(lines)
+
+
+def verify_fleet(shards, model, out: str, address: str = "local", workers: int | None = None,
+                 policy=None, token_budget: int = 4096, check_model: bool = True,
+                 device: str | None = None, num_cpus: int | None = None,
+                 threads_per_worker: int = 1, stop_after: int | None = None) -> FleetResult:
+    """Verify every record of `shards` (files or folders) on a Ray cluster; resumable.
+
+    model:      a model directory (each actor loads it), a Model, or a callable returning one
+    out:        results folder: records.parquet (one row per input item), report.json, parts/
+    address:    "local" starts a local cluster (num_cpus CPUs; default all), anything else is a
+                Ray address; if Ray is already initialised in this process, that cluster is used
+    workers:    actors (default: one per GPU with device "cuda", else one per CPU)
+    stop_after: stop after this many packs (FleetIncomplete): a crash, for tests
+    """
+    import ray
+
+    from replay.policy import Policy
+
+    policy = policy or Policy.exact()
+    shards = list_shards(shards)
+    for d in ("parts", "shards", "workers"):
+        os.makedirs(os.path.join(out, d), exist_ok=True)
+    prev = read_parts(out)
+    done: dict = {}
+    if prev is not None:
+        for k, s in zip(prev["key"], prev["shard"]):
+            done.setdefault(s, []).append(k)
+    resumed = 0 if prev is None else len(prev)
+
+    started = not ray.is_initialized()
+    if started:
+        kw = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        if address == "local":
+            ray.init(num_cpus=num_cpus, **kw)
+        else:
+            ray.init(address=address, **kw)
+    t0 = time.perf_counter()
+    try:
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        res = ray.cluster_resources()
+        device = device or ("cuda" if res.get("GPU", 0) >= 1 else "cpu")
+        per = {"num_gpus": 1, "num_cpus": 1} if device == "cuda" else {"num_cpus": 1}
+        n = workers or max(1, int(res.get("GPU", 0) if device == "cuda" else res.get("CPU", 1)))
+        ds = ray.data.from_items([{"shard": s, "order": i} for i, s in enumerate(shards)])
+        # num_cpus=0: reading is light, and must not wait behind actors that hold every CPU
+        ds = ds.flat_map(_Reader, fn_constructor_args=(out, done, token_budget), num_cpus=0,
+                         compute=ray.data.ActorPoolStrategy(size=1))
+        ds = ds.map_batches(
+            _Verifier, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n),
+            fn_constructor_args=(model, device, policy, token_budget, check_model, out,
+                                 threads_per_worker),
+            **per)  # Ray Data's actor pools restart dead actors and retry their packs
+        verified = 0
+        for i, b in enumerate(ds.iter_batches(batch_size=1)):
+            verified += int(b["n"][0])
+            if stop_after is not None and i + 1 >= stop_after:
+                raise FleetIncomplete(f"stopped after {i + 1} packs")
+    finally:
+        if started:
+            ray.shutdown()
+    rows = merge(out, shards)
+    result = FleetResult(out, rows, resumed, verified, time.perf_counter() - t0, n)
+    _atomic_write(os.path.join(out, "records.parquet"),
+                  lambda p: rows.to_parquet(p, index=False))
+    _atomic_write(os.path.join(out, "report.json"),
+                  lambda p: _dump(p, {"counts": result.counts, "shards": shards,
+                                      "policy": policy.__dict__, "ok": result.ok}))
+    return result

@@ -1,0 +1,91 @@
+"""Record shards for the fleet, watch and benchmark tests: a tiny random model, short outputs,
+some tampered records, and (optionally) a truncated Parquet shard and a JSONL line that is not
+JSON."""
+import dataclasses
+import os
+import random
+
+from replay.engine import Engine, Request
+from replay.model import Model, ModelConfig
+from replay.records import Batch, SamplingParams
+
+
+def tiny_config() -> ModelConfig:
+    return ModelConfig(arch="llama", vocab_size=257, hidden_size=32, n_layers=1, n_heads=2,
+                       n_kv_heads=1, intermediate_size=48, rms_norm_eps=1e-5, max_context=64)
+
+
+def tiny_model() -> Model:
+    return Model.random(tiny_config(), seed=3, std=0.3)
+
+
+def records(model: Model, n: int, seed: int = 0, prefix: str = "r"):
+    """n records, prompts of 3-10 tokens, 1-6 output tokens, greedy and sampled."""
+    rng = random.Random(seed)
+    V = model.cfg.vocab_size
+    reqs = [Request(f"{prefix}{i:05d}", [rng.randrange(1, V) for _ in range(rng.randint(3, 10))],
+                    SamplingParams(temperature=rng.choice([0.0, 0.7, 1.0]),
+                                   top_k=rng.choice([0, 20]), top_p=rng.choice([1.0, 0.9]),
+                                   seed=rng.randrange(2**64)),
+                    max_tokens=rng.randint(1, 6), stop_token_ids=[0])
+            for i in range(n)]
+    return Engine(model, max_batch=128, chunk_size=16).run(reqs)
+
+
+def tamper(recs, every: int, vocab: int):
+    """Change the last output token of every `every`-th record (it must then fail)."""
+    out = list(recs)
+    for i in range(0, len(out), every):
+        r = out[i]
+        o = list(r.output)
+        o[-1] = (o[-1] + 1) % vocab
+        out[i] = dataclasses.replace(r, output=o)
+    return out
+
+
+def write_shards(recs, folder: str, n_shards: int, bad: bool = True) -> list[str]:
+    """Alternate JSONL and Parquet shards; with bad=True one more Parquet shard is truncated and
+    one JSONL shard has a line that is not JSON."""
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for s in range(n_shards):
+        part = Batch(recs[s::n_shards])
+        ext = "jsonl" if s % 2 == 0 else "parquet"
+        p = os.path.join(folder, f"shard-{s:03d}.{ext}")
+        part.to_jsonl(p) if ext == "jsonl" else part.to_parquet(p)
+        paths.append(p)
+    if bad:
+        with open(paths[0], "a") as f:
+            f.write('{"request_id": "cut-off", "prompt": [1, 2\n')
+        p = os.path.join(folder, "shard-zzz-truncated.parquet")
+        Batch(recs[:5]).to_parquet(p)
+        with open(p, "rb") as f:
+            data = f.read()
+        with open(p, "wb") as f:
+            f.write(data[: len(data) // 2])
+        paths.append(p)
+    return paths
+
+
+def save_hf(path: str, arch: str = "llama", seed: int = 0, **kw) -> str:
+    """A tiny Hugging Face checkpoint with random weights (config.json + model.safetensors),
+    made offline with transformers; both replay.Model and transformers load it."""
+    import torch
+    import transformers
+
+    cfg = dict(vocab_size=257, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+               max_position_embeddings=128, rms_norm_eps=1e-5, initializer_range=0.3,
+               tie_word_embeddings=False, bos_token_id=1, eos_token_id=0, pad_token_id=0)
+    cfg.update(kw)
+    cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+           "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
+    torch.manual_seed(seed)
+    model = cls[1](cls[0](**cfg)).float()
+    # norms are initialised to 1: make them random too, so that a wrong weight cannot hide
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return path
