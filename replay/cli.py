@@ -5,6 +5,7 @@
     replay verify r.jsonl [--out report/]         verify records; exit 1 if any record fails
     replay verify --ray local logs/ --out res/    the same on a Ray cluster (resumable)
     replay watch logs/ --out res/                 verify shards as they appear; alarm on failure
+    replay report r.jsonl --attacked a.jsonl --out rep/   bound table and PNG plots
 """
 from __future__ import annotations
 
@@ -133,6 +134,75 @@ def cmd_watch(a) -> int:
     return w.run(once=a.once, interval=a.interval, exit_on_alarm=a.exit_on_alarm)
 
 
+def _load_report(src: str, model, policy, token_budget: int):
+    """A report folder (Report.write) as it was, or records verified now with their logits
+    kept (so that the bound and the sweep can be computed); (report, records or None)."""
+    from replay.records import Batch
+    from replay.verify import verify
+
+    if os.path.isdir(src) and os.path.exists(os.path.join(src, "report.json")):
+        import pandas as pd
+        from replay.policy import Policy
+        from replay.report import Report
+
+        with open(os.path.join(src, "report.json")) as f:
+            d = json.load(f)
+        rep = Report(policy=Policy(**d["policy"]), model=d["model"],
+                     vocab_size=model.cfg.vocab_size, records=d["records"])
+        t = pd.read_parquet(os.path.join(src, "tokens.parquet"))
+        rep.tokens = {k: t[k].tolist() for k in t.columns}
+        return rep, None
+    recs = Batch.read(src)
+    return verify(recs, model=model, policy=policy, token_budget=token_budget,
+                  keep_logits=True), recs.records
+
+
+def cmd_report(a) -> int:
+    import math
+
+    from replay import bound
+
+    model = _model(a.model)
+    policy = _policy(a)
+    rep, recs = _load_report(a.source, model, policy, a.token_budget)
+    attacked = {}
+    for src in a.attacked or []:
+        label = os.path.basename(os.path.normpath(src)).rsplit(".", 1)[0]
+        attacked[label] = _load_report(src, model, policy, a.token_budget)
+    os.makedirs(a.out, exist_ok=True)
+    paths = rep.plot(a.out, attacked={k: r for k, (r, _) in attacked.items()}, records=recs)
+    logV = math.log2(model.cfg.vocab_size)
+    lines = [f"# replay report: {rep.model}, policy {rep.policy.kind}", "",
+             "| traffic | records | pass | fail | malformed | tokens | exact | accepted | "
+             "hidden bits (bound) | fraction of channel | bytes/day at --tokens-per-day |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, (r, rr) in {os.path.basename(os.path.normpath(a.source)): (rep, recs),
+                           **attacked}.items():
+        c = r.counts()
+        n = max(c["tokens"], 1)
+        hid = frac = per_day = "n/a (no logits)"
+        if r is not rep:  # the bound is the honest traffic's: attacked rows show detection
+            hid = frac = per_day = "-"
+        elif rr is not None and r.policy.kind == "exact":
+            hid, frac, per_day = "0", "0%", "0"
+        elif rr is not None:
+            b = bound.bound(r, rr)
+            hid, frac = f"{b.hidden_bits:,.0f}", f"{100 * b.fraction:.3f}%"
+            per_day = f"{b.bytes_per_day(a.tokens_per_day):,.0f}"
+        lines.append(f"| {label} | {c['records']} | {c['pass']} | {c['fail']} | {c['error']} "
+                     f"| {c['tokens']:,} "
+                     f"| {100 * c['exact_tokens'] / n:.2f}% | {100 * c['safe_tokens'] / n:.2f}% "
+                     f"| {hid} | {frac} | {per_day} |")
+    lines += ["", f"Channel: log2 V = {logV:.2f} bits per token. Plots: "
+              + ", ".join(os.path.basename(p) for p in paths), ""]
+    lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in paths]
+    with open(os.path.join(a.out, "report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines[:len(attacked) + 5]))
+    print(f"wrote {a.out}/report.md and {len(paths)} plots")
+    return 0
+
+
 def _policy_args(v):
     v.add_argument("--policy", choices=["exact", "tolerant"], default="exact")
     v.add_argument("--gls-threshold", type=float, default=-5.0)
@@ -208,6 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a shard is read once unchanged for this many seconds (not with --once)")
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(fn=cmd_watch)
+
+    r = sub.add_parser("report", help="bound table and PNG plots for honest (and attacked) "
+                                      "traffic")
+    r.add_argument("source", help="honest traffic: records (.jsonl, .parquet, folder) or a "
+                                  "report folder written by verify --out (no sweep then)")
+    r.add_argument("--attacked", action="append",
+                   help="attacked traffic, records or a report folder (repeatable)")
+    r.add_argument("--model", help="model directory (default: the shipped small model)")
+    _policy_args(r)
+    r.add_argument("--tokens-per-day", type=float, default=1e9,
+                   help="traffic for the bytes-per-day column (default 1e9 tokens)")
+    r.add_argument("--out", required=True, help="folder for report.md and the PNGs")
+    r.set_defaults(fn=cmd_report)
     return p
 
 

@@ -39,6 +39,7 @@ def sweep_plot(curves: dict, path: str, marks: dict | None = None, title: str | 
         ax.plot([max(f, floor)], [100 * frac], marker="*", ms=12, ls="none", label=label)
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel(f"honest false-positive rate per token (0 drawn at {floor:.0e})")
     ax.set_ylabel("extractable fraction of the channel (%)")
     ax.set_title(title or "hidden capacity against false-positive rate (gls threshold sweep)")
@@ -48,18 +49,23 @@ def sweep_plot(curves: dict, path: str, marks: dict | None = None, title: str | 
     return path
 
 
+def _clip(xs) -> list[float]:
+    return [GLS_FLOOR if math.isnan(float(x)) else max(float(x), GLS_FLOOR) for x in xs]
+
+
 def score_histogram(honest, attacked: dict, path: str, threshold: float | None = None,
-                    title: str | None = None):
-    """honest: per-token gls values; attacked: label -> gls values. Log-scale counts."""
+                    title: str | None = None, honest_label: str = "honest"):
+    """honest: per-token gls values; attacked: label -> gls values. Log-scale densities."""
     fig = _figure()
     ax = fig.add_subplot()
-    clip = lambda xs: [max(float(x), GLS_FLOOR) if not math.isnan(float(x)) else GLS_FLOOR
-                       for x in xs]
     bins = [GLS_FLOOR + i * (0.5 - GLS_FLOOR) / 60 for i in range(61)]
-    ax.hist(clip(honest), bins=bins, histtype="stepfilled", alpha=0.35, color="gray",
-            label=f"honest ({len(honest):,} tokens)", density=True)
+    if len(honest):
+        ax.hist(_clip(honest), bins=bins, histtype="stepfilled", alpha=0.35, color="gray",
+                label=f"{honest_label} ({len(honest):,} tokens)", density=True)
     for label, xs in attacked.items():
-        ax.hist(clip(xs), bins=bins, histtype="step", lw=1.4, density=True,
+        if not len(xs):
+            continue
+        ax.hist(_clip(xs), bins=bins, histtype="step", lw=1.4, density=True,
                 label=f"{label} ({len(xs):,})")
     if threshold is not None and math.isfinite(threshold):
         ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.2f}")
@@ -72,9 +78,18 @@ def score_histogram(honest, attacked: dict, path: str, threshold: float | None =
     return path
 
 
+def first_failure(row: dict):
+    """A report's record row -> index of its first rejected token; 0 if it fails on metadata
+    alone (termination, seed), which needs no token recomputed; None if it passes."""
+    if row["verdict"] == "pass":
+        return None
+    return row["first_failure"] if row["first_failure"] is not None else 0
+
+
 def detection_curve(first_failure, n_tokens, max_n: int | None = None):
     """(x, y): y[i] = share of records with a rejected token among their first x[i] tokens.
-    first_failure: per record the index of its first rejected token, or None."""
+    first_failure: per record the index of its first rejected token, or None; a record that
+    fails on its metadata alone (termination, seed) counts from the first token: pass 0."""
     n = len(first_failure)
     max_n = max_n or max([t for t in n_tokens] + [1])
     xs = list(range(1, max_n + 1))

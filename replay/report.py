@@ -151,7 +151,7 @@ class Report:
             curves = {}
             for k, r in attacked.items():
                 rows = [x for x in r.records if x["verdict"] != "error"]
-                curves[k] = plots.detection_curve([x["first_failure"] for x in rows],
+                curves[k] = plots.detection_curve([plots.first_failure(x) for x in rows],
                                                   [x["n_tokens"] for x in rows])
             out.append(plots.detection_plot(curves, os.path.join(out_dir, "detection.png"),
                                             title=f"detection under the {self.policy.kind} "
