@@ -156,3 +156,40 @@ def test_detection_curve_counts_first_failures():
     assert x == [1, 2, 3, 4, 5]
     assert y == [0.25, 0.5, 0.5, 0.75, 0.75]
     assert math.isclose(detection_curve([], [], 3)[1][-1], 0.0)
+
+
+def test_report_command_writes_table_and_plots(small_model, tmp_path, monkeypatch):
+    from replay import cli
+    from replay.records import Batch
+
+    reqs = _requests(n=4, max_tokens=12)
+    Batch(Engine(small_model).run(reqs)).to_jsonl(tmp_path / "honest.jsonl")
+    Batch(A.RankAttack(small_model, 1).encode(_bits(40), reqs)).to_jsonl(tmp_path / "rank.jsonl")
+    monkeypatch.setattr(cli, "_model", lambda path: small_model)
+    out = tmp_path / "rep"
+    assert cli.main(["report", str(tmp_path / "honest.jsonl"), "--attacked",
+                     str(tmp_path / "rank.jsonl"), "--policy", "tolerant", "--out",
+                     str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "| honest.jsonl | 4 | 4 | 0 | 0 |" in md and "| rank | 4 | 0 | 4 |" in md
+    for name in ("scores.png", "detection.png", "sweep.png"):
+        assert (out / name).stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_exfil_bench_small(tmp_path):
+    """bench/exfil.py end to end at toy sizes (the shipped model): the table and the plots."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "exfil.py")
+    spec = importlib.util.spec_from_file_location("exfil_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--requests", "3", "--max-tokens", "8", "--min-tokens", "0",
+                     "--attack-requests", "2", "--attack-tokens", "40",
+                     "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "exfil-cpu.md").read_text()
+    assert "| replay engine | 3 |" in md and "| rank b=1 | 1.000 |" in md
+    for name in ("sweep.png", "scores.png", "detection.png"):
+        assert (tmp_path / "exfil" / name).stat().st_size > 5000
