@@ -360,6 +360,8 @@ def verify_fleet(shards, model, out: str, address: str = "local", workers: int |
             _Verifier, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n),
             fn_constructor_args=(model, device, policy, token_budget, check_model, out,
                                  threads_per_worker),
+            # the C++ kernels' OpenMP threads: one actor per CPU must not use every core
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads_per_worker)}},
             **per)  # Ray Data's actor pools restart dead actors and retry their packs
         verified = 0
         for i, b in enumerate(ds.iter_batches(batch_size=1)):
