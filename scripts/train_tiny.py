@@ -12,8 +12,10 @@ Training: AdamW (lr 3e-3, betas 0.9/0.95, wd 0.1), linear warmup then cosine to 
 batch 32, plain torch on CPU with one thread, seeded. The best weights by validation loss are
 saved every --eval-every steps, so an interruption leaves a usable model.
 
-The shipped model: see README.md in the output directory for the run's steps, losses, wall time
-and samples (filled in by this script from the run that made it).
+The shipped model (README.md beside it has samples): 4,065,536 parameters; 595 train files /
+2.61M tokens, 15 val files / 149k tokens; the 40-minute budget cut the schedule to 428 steps
+(3.5M tokens); final val loss 4.466, train loss 4.06 (EMA); 35.5 min wall on a shared 2-core
+machine with one thread. With --minutes 0 the run depends only on the seed and --steps.
 
     python scripts/train_tiny.py --steps 600 --minutes 40 --out replay/assets/tiny
 """
