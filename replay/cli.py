@@ -84,21 +84,29 @@ def cmd_generate(a) -> int:
 def _policy(a):
     from replay.policy import Policy
 
-    return (Policy.tolerant(a.gls_threshold, a.rank_threshold, a.sigma)
-            if a.policy == "tolerant" else Policy.exact())
+    if a.policy == "tolerant":
+        return Policy.tolerant(a.gls_threshold, a.rank_threshold, a.sigma)
+    if a.policy == "prob":
+        return Policy.prob_threshold(a.p_min)
+    if a.policy == "top-k":
+        return Policy.top_k(a.accept_top_k)
+    return Policy.exact()
 
 
 def cmd_verify(a) -> int:
     from replay.verify import verify
 
     if a.ray:
+        if a.seed_key:
+            raise SystemExit("replay verify: --seed-key is not supported with --ray yet")
         return _verify_ray(a)
     if len(a.records) != 1:
         raise SystemExit("replay verify: several record paths need --ray (or pass a folder)")
     model = _model(a.model)
     policy = _policy(a)
     report = verify(a.records[0], model=model, policy=policy, token_budget=a.token_budget,
-                    check_model=not a.no_model_check, progress=not a.quiet)
+                    check_model=not a.no_model_check, progress=not a.quiet,
+                    seed_key=a.seed_key.encode() if a.seed_key else None)
     print(report.summary(max_lines=a.show))
     if a.out:
         report.write(a.out)
@@ -204,10 +212,17 @@ def cmd_report(a) -> int:
 
 
 def _policy_args(v):
-    v.add_argument("--policy", choices=["exact", "tolerant"], default="exact")
+    v.add_argument("--policy", choices=["exact", "tolerant", "prob", "top-k"], default="exact",
+                   help="exact: the token must be the sampler's choice (engines running replay's "
+                        "kernels); tolerant: Gumbel-likelihood score above --gls-threshold, else "
+                        "suspicious up to --rank-threshold; prob: probability >= --p-min; top-k: "
+                        "rank < --accept-top-k")
     v.add_argument("--gls-threshold", type=float, default=-5.0)
     v.add_argument("--rank-threshold", type=int, default=32)
     v.add_argument("--sigma", type=float, default=1.0)
+    v.add_argument("--p-min", type=float, default=0.01, help="--policy prob: smallest accepted "
+                                                             "probability")
+    v.add_argument("--accept-top-k", type=int, default=8, help="--policy top-k: accepted ranks")
     v.add_argument("--token-budget", type=int, default=4096,
                    help="teacher-forced tokens per forward pass")
     v.add_argument("--no-model-check", action="store_true",
@@ -258,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--workers", type=int, help="--ray: verifier actors (default: one per GPU, "
                                                "else one per CPU)")
     v.add_argument("--num-cpus", type=int, help="--ray local: CPUs of the local cluster")
+    v.add_argument("--seed-key", help="the logger's key: every seed must be "
+                                      "HMAC-SHA256(key, request_id), else the record fails")
     v.add_argument("--show", type=int, default=10, help="failing records listed in the summary")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(fn=cmd_verify)
