@@ -244,7 +244,9 @@ def merge(out: str, shards: list[str]):
         with open(man) as f:
             keys += json.load(f)["keys"]
         order[s] = i
-    have = set(df["key"]) if df is not None else set()
+    if df is None:  # nothing written: only correct when the shards hold no items
+        df = pd.DataFrame({c: pd.Series(dtype=object) for c in ROW_COLUMNS})
+    have = set(df["key"])
     missing = [k for k in keys if k not in have]
     if missing:
         raise FleetIncomplete(f"{len(missing)} of {len(keys)} records have no result yet "
