@@ -181,9 +181,11 @@ class KVBuffer:
     """Keys and values of every layer: (rows, n_kv_heads, head_dim) each, float32."""
 
     def __init__(self, cfg: ModelConfig, rows: int, device="cpu", dtype=torch.float32):
+        # Uninitialised: attention reads only rows 0..p of a sequence, all written before use
+        # (tests fill unwritten rows with NaN to prove it).
         shape = (rows, cfg.n_kv_heads, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.rows = rows
 
 
