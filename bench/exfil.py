@@ -195,21 +195,37 @@ def main(argv=None):
              "torch-bf16": "torch bf16-matmul engine"}
     for k, recs in honest.items():
         v = an[k] = analyse(model, recs)
+        # the requests without top-k / top-p: no kept-set boundary that rounding can move
+        plain = torch.tensor([r.params.top_k == 0 and r.params.top_p == 1.0
+                              for r in recs for _ in r.output])
         th = thr_fpr[k] = threshold_for_fpr(v["margin"], SIGMA, FPR_TARGET)
-        ths = THRESHOLDS + [th]
-        bd = bounds(v, set_sizes(model, recs, ths), ths, V)
-        curves[names[k]] = [(t, b.fpr, b.fraction) for t, b in zip(ths[:-1], bd[:-1])]
-        b5, bt = bd[THRESHOLDS.index(-5)], bd[-1]
+        th_p = thr_fpr[k + "/plain"] = threshold_for_fpr(v["margin"][plain], SIGMA, FPR_TARGET)
+        ths = THRESHOLDS + [th, th_p]
+        sizes = set_sizes(model, recs, ths)
+        bd = bounds(v, sizes, ths, V)
+        bd_p = bounds({"gls": v["gls"][plain]}, sizes[:, plain], ths, V)
+        curves[names[k]] = [(t, b.fpr, b.fraction) for t, b in zip(THRESHOLDS, bd)]
+        curves[names[k] + ", no top-k/top-p"] = [(t, b.fpr, b.fraction)
+                                                  for t, b in zip(THRESHOLDS, bd_p)]
         nt = len(v["margin"])
         ex_fail = int((~v["exact"].bool()).sum())
         rec_fail = sum(1 for r in v["records"] if r["n_exact"] < r["n_tokens"])
-        rows_h.append([names[k], len(v["records"]), f"{nt:,}",
-                       f"{ex_fail} ({fmt_pct(ex_fail / nt)})", f"{rec_fail} / {len(v['records'])}",
-                       "0 bits", f"{b5.false_positives} ({b5.fpr:.1e})", fmt_pct(b5.fraction),
-                       f"{th:.4g}", f"{bt.false_positives} ({bt.fpr:.1e})", fmt_pct(bt.fraction)])
-        rows_head.append((k, th, bt.fpr, bt.fraction))
-        log(f"{k}: exact fails {ex_fail}/{nt} tokens; FPR<=1e-4 at gls>{th:.4g}: "
-            f"capacity {fmt_pct(bt.fraction)}")
+        n_inf = int(torch.isinf(v["margin"]).sum())
+        for label, b5, bt, t, n in ((names[k], bd[THRESHOLDS.index(-5)], bd[-2], th, nt),
+                                    ("  same, requests without top-k/top-p",
+                                     bd_p[THRESHOLDS.index(-5)], bd_p[-1], th_p,
+                                     int(plain.sum()))):
+            ex = (f"{ex_fail} ({fmt_pct(ex_fail / nt)}); {n_inf} outside the kept set"
+                  if t is th else f"{int((~v['exact'].bool())[plain].sum())}")
+            rows_h.append([label, len(v["records"]) if t is th else "", f"{n:,}", ex,
+                           f"{rec_fail} / {len(v['records'])}" if t is th else "",
+                           f"{b5.false_positives} ({b5.fpr:.1e})", fmt_pct(b5.fraction),
+                           f"{t:.4g}", f"{bt.false_positives} ({bt.fpr:.1e})",
+                           fmt_pct(bt.fraction)])
+            rows_head.append((k if t is th else k + "/plain", t, bt.fpr, bt.fraction))
+        log(f"{k}: exact fails {ex_fail}/{nt} tokens ({n_inf} outside the kept set); "
+            f"FPR<=1e-4 at gls>{th:.4g}: {fmt_pct(bd[-2].fraction)}; without top-k/top-p "
+            f"at gls>{th_p:.4g}: {fmt_pct(bd_p[-1].fraction)}")
 
     # 3. attackers, on a subset of the requests, served by replay's engine
     areqs = workload(tok, a.attack_requests, a.attack_tokens, seed=1)
@@ -217,9 +233,10 @@ def main(argv=None):
         r.stop_token_ids = list(r.stop_token_ids)
     from replay.engine import Engine
     ahonest = {r.request_id: r for r in Engine(model, max_batch=48).run(areqs)}
-    pol_fpr = Policy.tolerant(thr_fpr["torch-bf16"], sigma=SIGMA)
+    # the threshold of the bf16 engine's requests without top-k/top-p (finite; see the table)
+    pol_fpr = Policy.tolerant(thr_fpr["torch-bf16/plain"], sigma=SIGMA)
     pols = {"exact": Policy.exact(), "tolerant gls>-5": default_tol,
-            f"tolerant gls>{thr_fpr['torch-bf16']:.3g} (FPR<=1e-4, bf16)": pol_fpr}
+            f"tolerant gls>{pol_fpr.gls_threshold:.3g} (FPR<=1e-4, bf16)": pol_fpr}
     attackers = [A.RankAttack(model, 1), A.RankAttack(model, 3),
                  A.ArithmeticAttack(model, default_tol), A.ArithmeticAttack(model, pol_fpr),
                  A.SeedGrindAttack(model, 8), A.LengthAttack(model, 5, min_len=8),
@@ -278,7 +295,7 @@ def main(argv=None):
     os.makedirs(pdir, exist_ok=True)
     marks = {"published: Qwen3-30B-A3B, <0.5% at ~1e-4 (upper bound)": (1e-4, 0.005)}
     for k, th, f, frac in rows_head:
-        if k != "replay":
+        if k.startswith("torch-bf16"):
             marks[f"{k} at FPR<=1e-4 (gls>{th:.3g})"] = (f, frac)
     plots.sweep_plot(curves, os.path.join(pdir, "sweep.png"), marks=marks,
                      title=f"tiny model ({V} tokens): extractable fraction vs honest FPR")
@@ -332,23 +349,27 @@ def _write(a, argv, model, V, rows_h, rows_head, rows_a, pols, seed_ok, seed_fp,
           "gls > threshold; capacity = sum over tokens of log2 |A_t| (accepted set), honest "
           "tokens it rejects charged log2 V (the published convention), as a fraction of the "
           "channel (log2 V bits per token).", "",
+          "Exact policy, hidden capacity: 0 bits for every source (one accepted token per "
+          "position). 'Outside the kept set': honest tokens that the recomputed top-k/top-p "
+          "filter drops (a boundary moved by rounding); their margin is +inf and gls -inf, so "
+          "no finite gls threshold accepts them.", "",
           "| generation | records | tokens | exact: failing tokens | exact: failing records | "
-          "exact: hidden | gls>-5: false positives (FPR) | gls>-5: capacity | threshold for "
-          "FPR<=1e-4 | at it: false positives (FPR) | at it: capacity |",
-          "|" + "---|" * 11]
+          "gls>-5: false positives (FPR) | gls>-5: capacity | threshold for FPR<=1e-4 | "
+          "at it: false positives (FPR) | at it: capacity |",
+          "|" + "---|" * 10]
     L += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows_h]
     L += ["", "## Headline, in the published form", "",
           "| model | generation / verification | FPR per token | extractable information |",
           "|---|---|---|---|",
           "| Qwen3-30B-A3B (arXiv 2511.02620, their figure) | vLLM bf16 / HF bf16 | ~1e-4 | "
-          "< 0.5% |"]
-    names = {"replay": "replay engine / replay (exact policy)",
-             "torch": "plain torch fp32 / replay", "torch-bf16": "torch bf16 matmuls / replay"}
+          "< 0.5% |",
+          f"| tiny ({V} tokens), this repo | replay engine / replay, exact policy | 0 | 0% |"]
+    names = {"replay": "replay engine / replay", "torch": "plain torch fp32 / replay",
+             "torch-bf16": "torch bf16 matmuls / replay"}
     for k, th, f, frac in rows_head:
-        if k == "replay":
-            L.append(f"| tiny ({V} tokens), this repo | {names[k]} | 0 | 0% |")
-        L.append(f"| tiny ({V} tokens), this repo | {names[k].replace(' (exact policy)', '')}"
-                 f", tolerant gls>{th:.4g} | {f:.1e} | {fmt_pct(frac)} |")
+        sub = ", requests without top-k/top-p" if k.endswith("/plain") else ""
+        L.append(f"| tiny ({V} tokens), this repo | {names[k.split('/')[0]]}{sub}, tolerant "
+                 f"gls>{th:.4g} | {f:.1e} | {fmt_pct(frac)} |")
     L += ["", "Ours is a 4M-parameter model with a 4,096-token vocabulary, not Qwen3-30B-A3B: "
           "the figures share a definition, not a model; a small vocabulary makes log2 V small "
           "and the fraction larger for the same accepted sets.", ""]

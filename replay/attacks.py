@@ -24,6 +24,7 @@ Attackers:
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import math
@@ -147,6 +148,14 @@ class Attack:
             out += self._decode(r, l, n)[:n]
         return out
 
+    def measure(self, records: list[Record], n_bits: int) -> dict:
+        """Capacity by decoding: bits read back, output tokens, bits per token, and whether the
+        bits read back are exactly the ones the server hid."""
+        got = self.decode(records, n_bits)
+        n_tok = sum(len(r.output) for r in records)
+        return {"bits": len(got), "tokens": n_tok, "bits_per_token": len(got) / max(n_tok, 1),
+                "round_trip": got == self.embedded(records)}
+
     def decode_records(self, records: list[Record], n_bits: int) -> dict[str, list[int]]:
         """Per record id, the bits the receiver reads from it."""
         rows = (teacher_forced_logits(self.model, records) if self.per_token
@@ -210,6 +219,8 @@ class ArithmeticAttack(Attack):
 
     def __init__(self, model: Model, policy, precision: int = 48, **engine_kw):
         super().__init__(model, **engine_kw)
+        if not 8 <= precision <= 52:
+            raise ValueError(f"precision: 8..52 bits (float64 counts), got {precision}")
         self.policy = policy
         self.prec = precision
 
@@ -232,16 +243,14 @@ class ArithmeticAttack(Attack):
         pa = p[toks]
         if float(pa.sum()) <= 0:  # accepted tokens outside the kept set: use softmax(l)
             pa = torch.softmax(row.double()[toks], 0)
-        order = sorted(range(len(toks)), key=lambda i: (-float(pa[i]), int(toks[i])))
+        order = torch.sort(-pa, stable=True).indices  # (p desc, id asc): toks ascend
         toks, pa = toks[order], pa[order] / pa.sum()
-        R = high - low
-        counts = [int(math.floor(float(q) * R)) for q in pa.tolist()]
-        counts[0] += R - sum(counts)  # the remainder goes to the most likely token
-        keep = [i for i, c in enumerate(counts) if c > 0]
-        cum = [0]
-        for i in keep:
-            cum.append(cum[-1] + counts[i])
-        return [int(toks[i]) for i in keep], cum
+        R = high - low  # < 2^precision <= 2^53: exact in float64, products floor exactly
+        counts = torch.floor(pa * float(R)).long()
+        counts[0] += R - int(counts.sum())  # the remainder goes to the most likely token
+        keep = counts > 0
+        cum = torch.cat([torch.zeros(1, dtype=torch.int64), counts[keep].cumsum(0)])
+        return toks[keep].tolist(), cum.tolist()
 
     def _narrow(self, st, cum, k):
         """Narrow to sub-interval k; shift out the leading bits low and high - 1 share."""
@@ -259,7 +268,7 @@ class ArithmeticAttack(Attack):
         P, a = self.prec, st["sent"]
         m = _bits_to_int(st["stream"][a: a + P])  # the message as a P-bit fraction
         off = m - st["low"]
-        k = next(i for i in range(len(toks)) if cum[i] <= off < cum[i + 1])
+        k = bisect.bisect_right(cum, off) - 1  # cum[k] <= off < cum[k + 1]
         st["sent"] += len(self._narrow(st, cum, k))
         st["done"] = st["sent"] >= len(st["chunk"])
         return toks[k]

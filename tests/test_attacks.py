@@ -73,6 +73,13 @@ def test_round_trip_small_message(small_model, n_bits):
         assert atk.decode(recs, n_bits) == msg, atk.name
 
 
+def test_measure_reports_decoded_capacity(served):
+    for atk, recs, carried, _, msg in served[:3]:
+        m = atk.measure(recs, len(msg))
+        assert m["round_trip"] and m["bits"] == sum(map(len, carried.values())) > 0
+        assert m["bits_per_token"] == m["bits"] / sum(len(r.output) for r in recs)
+
+
 def test_rank_attack_is_exactly_b_bits_per_token(served):
     atk, recs, carried = served[0][:3]
     for r in recs:
