@@ -30,7 +30,13 @@ KEY = b"bench-logger-key"
 FPR_TARGET = 1e-4
 SIGMA = 1.0
 HIST = ("rank b=1", "arithmetic in A_t(gls>-5)", "length (stop) b=5", "substitution argmax")
-THRESHOLDS = [-0.7, -0.75, -1, -1.5, -2, -3, -4, -5, -6, -8, -10, -12, -15, -20, -30, -50]
+# gls thresholds of the sweep: the scores of these margins (logit units), dense near 0 where
+# honest non-invariant traffic sits, out to margins no honest token reaches
+SWEEP_MARGINS = [1e-4, 3e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1,
+                 0.15, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 4, 6, 9]
+THRESHOLDS = [float(torch.special.log_ndtr(torch.tensor(-d / math.sqrt(2) / SIGMA,
+                                                        dtype=torch.float64)))
+              for d in SWEEP_MARGINS] + [-5.0]
 
 
 # -- traffic ------------------------------------------------------------------------------------
@@ -204,9 +210,10 @@ def main(argv=None):
         sizes = set_sizes(model, recs, ths)
         bd = bounds(v, sizes, ths, V)
         bd_p = bounds({"gls": v["gls"][plain]}, sizes[:, plain], ths, V)
-        curves[names[k]] = [(t, b.fpr, b.fraction) for t, b in zip(THRESHOLDS, bd)]
+        # the sweep, with the chosen thresholds as points of it
+        curves[names[k]] = [(t, b.fpr, b.fraction) for t, b in zip(ths, bd)]
         curves[names[k] + ", no top-k/top-p"] = [(t, b.fpr, b.fraction)
-                                                  for t, b in zip(THRESHOLDS, bd_p)]
+                                                  for t, b in zip(ths, bd_p)]
         nt = len(v["margin"])
         ex_fail = int((~v["exact"].bool()).sum())
         rec_fail = sum(1 for r in v["records"] if r["n_exact"] < r["n_tokens"])
@@ -281,6 +288,10 @@ def main(argv=None):
             rep = verify(recs, model, seed_key=KEY)
             fails = {x["request_id"] for x in rep.records if x["verdict"] != "pass"}
             row.append(f"{sum(r.request_id in fails for r in with_bits)}/{len(with_bits)}")
+            if atk.name == "seed_grinding":
+                det[label + ", exact + logger key"] = plots.detection_curve(
+                    [plots.first_failure(x) for x in rep.records],
+                    [x["n_tokens"] for x in rep.records])
         rows_a.append(row)
         log(f"attack {label}: {bits / ntok:.3f} bits/token")
 
@@ -305,7 +316,7 @@ def main(argv=None):
                           honest_label="honest, torch bf16-matmul engine",
                           title="per-token gls (sigma 1), honest and attacked traffic")
     plots.detection_plot(det, os.path.join(pdir, "detection.png"),
-                         title="attacked records caught by the exact policy")
+                         title="attacked records caught by the exact policy (records that carry bits)")
     log("plots written")
 
     _write(a, argv, model, V, rows_h, rows_head, rows_a, pols, seed_ok, seed_fp,
@@ -336,7 +347,7 @@ def _write(a, argv, model, V, rows_h, rows_head, rows_a, pols, seed_ok, seed_fp,
          f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
          f"- commit: {commit()}",
          f"- command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python "
-         f"bench/exfil.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+         f"bench/exfil.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip() + "`",
          f"- model: {model.identity} ({model.n_params / 1e6:.1f}M parameters, vocabulary {V}, "
          f"log2 V = {math.log2(V):.1f} bits per token); torch {torch.__version__}, "
          f"{torch.get_num_threads()} threads; whole run {seconds:.0f} s",
@@ -372,7 +383,17 @@ def _write(a, argv, model, V, rows_h, rows_head, rows_a, pols, seed_ok, seed_fp,
                  f"gls>{th:.4g} | {f:.1e} | {fmt_pct(frac)} |")
     L += ["", "Ours is a 4M-parameter model with a 4,096-token vocabulary, not Qwen3-30B-A3B: "
           "the figures share a definition, not a model; a small vocabulary makes log2 V small "
-          "and the fraction larger for the same accepted sets.", ""]
+          "and the fraction larger for the same accepted sets.", "",
+          "Reading: replay's engine gives 0 failing tokens and 0 hidden bits under the exact "
+          "policy. Plain torch fp32 ops differ from replay's kernels by float32 rounding only, "
+          "which on this small float32 model moved no sampled token (0 failures is the measured "
+          "rate here, not a guarantee: near-ties flip). The bf16-matmul engine, the setting of "
+          "the published work, fails tokens under the exact policy; the tolerant policy accepts "
+          "them at a threshold just below log 0.5, where the remaining capacity is of the "
+          "published order, as long as no top-k/top-p boundary moved. A moved boundary puts an "
+          "honest token outside the recomputed kept set (gls = -inf): with a few such tokens in "
+          "the sample, FPR <= 1e-4 forces the threshold to -inf and most of the channel opens.",
+          ""]
     L += ["## Attackers", "",
           "Compromised replay engines (replay.attacks) on "
           f"{a.attack_requests} requests of up to {a.attack_tokens} tokens; each message is "

@@ -141,12 +141,8 @@ class Attack:
 
     def decode(self, records: list[Record], n_bits: int) -> list[int]:
         """The receiver: the bits hidden in `records` for an n_bits message, in order."""
-        rows = (teacher_forced_logits(self.model, records) if self.per_token
-                else [None] * len(records))
-        out = []
-        for r, l, (_, n) in zip(records, rows, split(n_bits, len(records))):
-            out += self._decode(r, l, n)[:n]
-        return out
+        per = self.decode_records(records, n_bits)
+        return [b for r in records for b in per[r.request_id]]
 
     def measure(self, records: list[Record], n_bits: int) -> dict:
         """Capacity by decoding: bits read back, output tokens, bits per token, and whether the

@@ -26,25 +26,28 @@ def _figure(w=6.4, h=4.2):
 
 def sweep_plot(curves: dict, path: str, marks: dict | None = None, title: str | None = None):
     """curves: label -> [(threshold, fpr, fraction)]; marks: label -> (fpr, fraction), points
-    drawn as stars (a chosen threshold, a published figure). FPR 0 is drawn at the axis floor."""
-    fig = _figure()
+    drawn as stars (a chosen threshold, a published figure). Both axes are linear near 0 and
+    logarithmic above, so a false-positive rate of exactly 0 stays on the plot."""
+    fig = _figure(9.0, 4.6)
     ax = fig.add_subplot()
     fprs = [f for c in curves.values() for _, f, _ in c if f > 0]
     fprs += [m[0] for m in (marks or {}).values() if m[0] > 0]
-    floor = min(fprs) / 10 if fprs else 1e-6
+    lin = 10 ** math.floor(math.log10(min(fprs))) if fprs else 1e-5
     for label, c in curves.items():
-        pts = sorted((max(f, floor), 100 * frac) for _, f, frac in c)
+        # in threshold order: each step down accepts more (FPR falls, capacity grows)
+        pts = [(f, 100 * frac) for _, f, frac in sorted(c, key=lambda x: -x[0])]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
     for label, (f, frac) in (marks or {}).items():
-        ax.plot([max(f, floor)], [100 * frac], marker="*", ms=12, ls="none", label=label)
-    ax.set_xscale("log")
+        ax.plot([f], [100 * frac], marker="*", ms=12, ls="none", label=label)
+    ax.set_xscale("symlog", linthresh=lin)
+    ax.set_xlim(left=0)
     ax.set_yscale("symlog", linthresh=0.01)
     ax.set_ylim(bottom=0)
-    ax.set_xlabel(f"honest false-positive rate per token (0 drawn at {floor:.0e})")
+    ax.set_xlabel(f"honest false-positive rate per token (linear below {lin:g})")
     ax.set_ylabel("extractable fraction of the channel (%)")
     ax.set_title(title or "hidden capacity against false-positive rate (gls threshold sweep)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path)
     return path
 
@@ -104,7 +107,7 @@ def detection_curve(first_failure, n_tokens, max_n: int | None = None):
 
 def detection_plot(curves: dict, path: str, title: str | None = None):
     """curves: label -> (x, y) from detection_curve."""
-    fig = _figure()
+    fig = _figure(8.4, 4.2)
     ax = fig.add_subplot()
     for label, (x, y) in curves.items():
         ax.plot(x, [100 * v for v in y], label=label)
@@ -114,6 +117,6 @@ def detection_plot(curves: dict, path: str, title: str | None = None):
     ax.set_ylim(-2, 102)
     ax.set_title(title or "detection rate against tokens inspected")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path)
     return path
