@@ -17,6 +17,7 @@ _EXPORTS = {
     "log_softmax": "log_softmax",
     "silu_mul": "elementwise", "rope_": "elementwise",
     "attention": "attention", "ATTENTION_CONFIGS": "attention", "AttentionConfig": "attention",
+    "sample": "sampler",
 }
 
 __all__ = sorted(_EXPORTS) + ["available"]
