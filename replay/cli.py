@@ -93,12 +93,14 @@ def _policy(a):
     return Policy.exact()
 
 
+def _seed_key(a) -> bytes | None:
+    return a.seed_key.encode() if a.seed_key else None
+
+
 def cmd_verify(a) -> int:
     from replay.verify import verify
 
     if a.ray:
-        if a.seed_key:
-            raise SystemExit("replay verify: --seed-key is not supported with --ray yet")
         return _verify_ray(a)
     if len(a.records) != 1:
         raise SystemExit("replay verify: several record paths need --ray (or pass a folder)")
@@ -106,7 +108,7 @@ def cmd_verify(a) -> int:
     policy = _policy(a)
     report = verify(a.records[0], model=model, policy=policy, token_budget=a.token_budget,
                     check_model=not a.no_model_check, progress=not a.quiet,
-                    seed_key=a.seed_key.encode() if a.seed_key else None)
+                    seed_key=_seed_key(a))
     print(report.summary(max_lines=a.show))
     if a.out:
         report.write(a.out)
@@ -124,7 +126,8 @@ def _verify_ray(a) -> int:
     try:
         res = verify_fleet(a.records, a.model or replay.TINY_MODEL, a.out, address=a.ray,
                            workers=a.workers, policy=_policy(a), token_budget=a.token_budget,
-                           check_model=not a.no_model_check, num_cpus=a.num_cpus)
+                           check_model=not a.no_model_check, num_cpus=a.num_cpus,
+                           seed_key=_seed_key(a))
     except FleetIncomplete as e:
         print(f"replay verify --ray: incomplete: {e}", file=sys.stderr)
         return 2
@@ -138,11 +141,11 @@ def cmd_watch(a) -> int:
 
     w = Watcher(a.dir, a.out, model=a.model or replay.TINY_MODEL, policy=_policy(a),
                 token_budget=a.token_budget, check_model=not a.no_model_check,
-                alarm_cmd=a.alarm_cmd, settle=a.settle, quiet=a.quiet)
+                alarm_cmd=a.alarm_cmd, settle=a.settle, quiet=a.quiet, seed_key=_seed_key(a))
     return w.run(once=a.once, interval=a.interval, exit_on_alarm=a.exit_on_alarm)
 
 
-def _load_report(src: str, model, policy, token_budget: int):
+def _load_report(src: str, model, policy, token_budget: int, seed_key: bytes | None = None):
     """A report folder (Report.write) as it was, or records verified now with their logits
     kept (so that the bound and the sweep can be computed); (report, records or None)."""
     from replay.records import Batch
@@ -162,7 +165,7 @@ def _load_report(src: str, model, policy, token_budget: int):
         return rep, None
     recs = Batch.read(src)
     return verify(recs, model=model, policy=policy, token_budget=token_budget,
-                  keep_logits=True), recs.records
+                  keep_logits=True, seed_key=seed_key), recs.records
 
 
 def cmd_report(a) -> int:
@@ -172,11 +175,11 @@ def cmd_report(a) -> int:
 
     model = _model(a.model)
     policy = _policy(a)
-    rep, recs = _load_report(a.source, model, policy, a.token_budget)
+    rep, recs = _load_report(a.source, model, policy, a.token_budget, _seed_key(a))
     attacked = {}
     for src in a.attacked or []:
         label = os.path.basename(os.path.normpath(src)).rsplit(".", 1)[0]
-        attacked[label] = _load_report(src, model, policy, a.token_budget)
+        attacked[label] = _load_report(src, model, policy, a.token_budget, _seed_key(a))
     os.makedirs(a.out, exist_ok=True)
     paths = rep.plot(a.out, attacked={k: r for k, (r, _) in attacked.items()}, records=recs)
     logV = math.log2(model.cfg.vocab_size)
@@ -223,6 +226,8 @@ def _policy_args(v):
     v.add_argument("--p-min", type=float, default=0.01, help="--policy prob: smallest accepted "
                                                              "probability")
     v.add_argument("--accept-top-k", type=int, default=8, help="--policy top-k: accepted ranks")
+    v.add_argument("--seed-key", help="the logger's key: every seed must be "
+                                      "HMAC-SHA256(key, request_id), else the record fails")
     v.add_argument("--token-budget", type=int, default=4096,
                    help="teacher-forced tokens per forward pass")
     v.add_argument("--no-model-check", action="store_true",
@@ -273,8 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--workers", type=int, help="--ray: verifier actors (default: one per GPU, "
                                                "else one per CPU)")
     v.add_argument("--num-cpus", type=int, help="--ray local: CPUs of the local cluster")
-    v.add_argument("--seed-key", help="the logger's key: every seed must be "
-                                      "HMAC-SHA256(key, request_id), else the record fails")
     v.add_argument("--show", type=int, default=10, help="failing records listed in the summary")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(fn=cmd_verify)

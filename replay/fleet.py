@@ -148,7 +148,7 @@ def load_model(spec, device: str = "cpu"):
 
 
 def verify_pack(model, pack: list[dict], shard: str, policy, token_budget: int,
-                check_model: bool) -> list[dict]:
+                check_model: bool, seed_key: bytes | None = None) -> list[dict]:
     """Result rows (ROW_COLUMNS) of one pack, one per item, in the pack's order."""
     from replay.verify import verify
 
@@ -167,7 +167,7 @@ def verify_pack(model, pack: list[dict], shard: str, policy, token_budget: int,
         by_rid[r.request_id] = it
     if recs:
         rep = verify(recs, model=model, policy=policy, token_budget=token_budget,
-                     check_model=check_model)
+                     check_model=check_model, seed_key=seed_key)
         for rr in rep.records:
             it = by_rid[rr["request_id"]]
             rows[it["key"]] = {**_row(it, shard, rr["request_id"], rr["verdict"], rr["reason"],
@@ -193,13 +193,15 @@ def _write_rows(path: str, rows: list[dict]):
 class _Verifier:
     """Ray Data actor: holds the model; one call verifies packs and writes their rows."""
 
-    def __init__(self, model, device, policy, token_budget, check_model, out, threads):
+    def __init__(self, model, device, policy, token_budget, check_model, out, threads,
+                 seed_key=None):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         self.model = load_model(model, device)
         self.policy, self.budget, self.check = policy, token_budget, check_model
+        self.seed_key = seed_key
         self.parts = os.path.join(out, "parts")
         open(os.path.join(out, "workers", str(os.getpid())), "w").close()  # who to kill, in tests
 
@@ -207,7 +209,8 @@ class _Verifier:
         n, tok = [], []
         for shard, pack in zip(batch["shard"], batch["pack"]):
             pack = json.loads(pack)
-            rows = verify_pack(self.model, pack, str(shard), self.policy, self.budget, self.check)
+            rows = verify_pack(self.model, pack, str(shard), self.policy, self.budget, self.check,
+                               self.seed_key)
             name = _digest("\n".join(it["key"] for it in pack))
             _write_rows(os.path.join(self.parts, f"part-{name}.parquet"), rows)
             n.append(len(rows))
@@ -311,7 +314,8 @@ class FleetResult:
 def verify_fleet(shards, model, out: str, address: str = "local", workers: int | None = None,
                  policy=None, token_budget: int = 4096, check_model: bool = True,
                  device: str | None = None, num_cpus: int | None = None,
-                 threads_per_worker: int = 1, stop_after: int | None = None) -> FleetResult:
+                 threads_per_worker: int = 1, stop_after: int | None = None,
+                 seed_key: bytes | None = None) -> FleetResult:
     """Verify every record of `shards` (files or folders) on a Ray cluster; resumable.
 
     model:      a model directory (each actor loads it), a Model, or a callable returning one
@@ -320,6 +324,7 @@ def verify_fleet(shards, model, out: str, address: str = "local", workers: int |
                 Ray address; if Ray is already initialised in this process, that cluster is used
     workers:    actors (default: one per GPU with device "cuda", else one per CPU)
     stop_after: stop after this many packs (FleetIncomplete): a crash, for tests
+    seed_key:   the logger's HMAC key: seeds must be derive_seed(seed_key, request_id)
     """
     import ray
 
@@ -361,7 +366,7 @@ def verify_fleet(shards, model, out: str, address: str = "local", workers: int |
         ds = ds.map_batches(
             _Verifier, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n),
             fn_constructor_args=(model, device, policy, token_budget, check_model, out,
-                                 threads_per_worker),
+                                 threads_per_worker, seed_key),
             # the C++ kernels' OpenMP threads: one actor per CPU must not use every core
             runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads_per_worker)}},
             **per)  # Ray Data's actor pools restart dead actors and retry their packs

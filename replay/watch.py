@@ -30,14 +30,14 @@ from replay.records import JSONL_SUFFIXES, PARQUET_SUFFIXES, Batch, RecordError
 class Watcher:
     def __init__(self, folder: str, out: str, model, policy=None, token_budget: int = 4096,
                  check_model: bool = True, alarm_cmd: str | None = None, settle: float = 2.0,
-                 quiet: bool = False):
+                 quiet: bool = False, seed_key: bytes | None = None):
         from replay.fleet import load_model
         from replay.policy import Policy
 
         self.folder, self.out = os.fspath(folder), os.fspath(out)
         self.model = load_model(model)
         self.policy = policy or Policy.exact()
-        self.budget, self.check_model = token_budget, check_model
+        self.budget, self.check_model, self.seed_key = token_budget, check_model, seed_key
         self.alarm_cmd, self.settle, self.quiet = alarm_cmd, settle, quiet
         self.alarm_file = os.path.join(self.out, "ALARM")
         os.makedirs(os.path.join(self.out, "shards"), exist_ok=True)
@@ -87,7 +87,8 @@ class Watcher:
         try:
             batch = Batch.read(path)
             report = verify(batch, model=self.model, policy=self.policy,
-                            token_budget=self.budget, check_model=self.check_model)
+                            token_budget=self.budget, check_model=self.check_model,
+                            seed_key=self.seed_key)
             rows = report.records
             report.write(os.path.join(self.out, "shards", name))
         except (RecordError, OSError, ValueError) as e:  # unreadable: one error for the file

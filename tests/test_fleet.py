@@ -11,7 +11,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import fleet_data as fd  # noqa: E402
-from replay.fleet import FleetIncomplete, merge, pack_items, shard_items, verify_fleet  # noqa: E402
+from replay.fleet import (FleetIncomplete, merge, pack_items, shard_items,  # noqa: E402
+                          verify_fleet, verify_pack)
 from replay.records import Batch  # noqa: E402
 from replay.verify import verify  # noqa: E402
 
@@ -55,6 +56,18 @@ def test_shard_items_name_the_file_and_line(data):
     cut = shard_items(paths[-1])
     assert len(cut) == 1 and "cannot read Parquet file" in cut[0]["error"]["reason"]
     assert paths[-1] in cut[0]["error"]["reason"]
+
+
+def test_pack_checks_logger_seeds(data):
+    """A fleet worker given the logger's key fails records whose seed it did not derive."""
+    model, _, paths, _ = data
+    pack = [dict(it, ordinal=i) for i, it in enumerate(shard_items(paths[1]))
+            if "record" in it][:4]
+    plain = verify_pack(model, pack, paths[1], None, 4096, True)
+    keyed = verify_pack(model, pack, paths[1], None, 4096, True, seed_key=b"logger-key")
+    assert [r["field"] for r in plain] != ["params.seed"] * 4
+    assert [r["field"] for r in keyed] == ["params.seed"] * 4
+    assert all(r["verdict"] == "fail" for r in keyed)
 
 
 def test_packs_keep_order_and_budget(data):

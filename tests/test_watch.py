@@ -88,3 +88,15 @@ def test_waits_for_a_shard_to_settle_and_catches_changes(setup, tmp_path):
     alarm = json.loads(open(out / "ALARM").read().splitlines()[-1])
     assert "changed after it was verified" in alarm["message"]
     assert w2.state["a.jsonl"]["records"] == 6 and w2.state["a.jsonl"]["pass"] == 6
+
+
+def test_seed_key_alarms_on_seeds_the_logger_did_not_derive(setup, tmp_path):
+    """The records' seeds are not HMAC-derived: with the logger's key every record alarms."""
+    model_dir, model, recs = setup
+    logs, out = tmp_path / "logs", tmp_path / "out"
+    logs.mkdir()
+    Batch(recs[:5]).to_jsonl(logs / "a.jsonl")
+    argv = ["watch", str(logs), "--out", str(out), "--model", model_dir, "--once", "--quiet"]
+    assert cli.main(argv + ["--seed-key", "logger-key"]) == 1
+    rows = json.loads(open(out / "ALARM").readline())["records"]
+    assert len(rows) == 5 and all(r["field"] == "params.seed" for r in rows)
