@@ -188,3 +188,14 @@ def test_duplicate_request_ids(small_model, honest):
     report = verify(Batch([records[0], records[0]]), model=small_model)
     v = sorted(r["verdict"] for r in report.records)
     assert v == ["error", "pass"]
+
+
+def test_verifier_never_imports_the_engine():
+    """DESIGN §6: the verifier must not run the code it checks."""
+    import subprocess
+    import sys
+
+    code = ("import sys, replay, replay.verify, replay.report; "
+            "print('replay.engine' in sys.modules, 'replay.kernels' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
