@@ -29,7 +29,9 @@ def commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, cwd=os.path.dirname(__file__), check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # results being rewritten by this very run do not make the code dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ":/", ":(exclude,top)bench/results"],
                                capture_output=True, text=True, cwd=os.path.dirname(__file__)
                                ).stdout.strip()
         return out + ("+dirty" if dirty else "")
