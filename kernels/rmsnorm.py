@@ -18,6 +18,18 @@ NUM_WARPS = 4
 
 
 @triton.jit
+def _residual_row(x_ptr, res_ptr, res_out_ptr, row, stride_x, stride_res, c, ok,
+                  HAS_RESIDUAL: tl.constexpr):
+    """Columns c of row `row`: x, or x + residual rounded to the residual stream's dtype."""
+    h = tl.load(x_ptr + row * stride_x + c, mask=ok, other=0.0)
+    if HAS_RESIDUAL:
+        h = h.to(tl.float32) + tl.load(res_ptr + row * stride_res + c, mask=ok,
+                                       other=0.0).to(tl.float32)
+        h = h.to(res_out_ptr.dtype.element_ty)  # the residual stream keeps the input dtype
+    return h
+
+
+@triton.jit
 def _rms_norm_kernel(
     # pointers
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
@@ -34,11 +46,9 @@ def _rms_norm_kernel(
     for d0 in range(0, D, BLOCK_D):
         c = d0 + cols
         ok = c < D
-        h = tl.load(x_ptr + row * stride_x + c, mask=ok, other=0.0)
+        h = _residual_row(x_ptr, res_ptr, res_out_ptr, row, stride_x, stride_res, c, ok,
+                          HAS_RESIDUAL)
         if HAS_RESIDUAL:
-            h = h.to(tl.float32) + tl.load(res_ptr + row * stride_res + c, mask=ok,
-                                           other=0.0).to(tl.float32)
-            h = h.to(res_out_ptr.dtype.element_ty)  # the residual stream keeps the input dtype
             tl.store(res_out_ptr + row * stride_res_out + c, h, mask=ok)
         h = h.to(tl.float32)
         acc += h * h
@@ -47,11 +57,8 @@ def _rms_norm_kernel(
     for d0 in range(0, D, BLOCK_D):
         c = d0 + cols
         ok = c < D
-        h = tl.load(x_ptr + row * stride_x + c, mask=ok, other=0.0)
-        if HAS_RESIDUAL:
-            h = h.to(tl.float32) + tl.load(res_ptr + row * stride_res + c, mask=ok,
-                                           other=0.0).to(tl.float32)
-            h = h.to(res_out_ptr.dtype.element_ty)
+        h = _residual_row(x_ptr, res_ptr, res_out_ptr, row, stride_x, stride_res, c, ok,
+                          HAS_RESIDUAL)
         w = tl.load(w_ptr + c, mask=ok, other=0.0).to(tl.float32)
         y = (h.to(tl.float32) * r) * w
         tl.store(out_ptr + row * stride_out + c, y.to(out_ptr.dtype.element_ty), mask=ok)

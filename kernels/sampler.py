@@ -207,16 +207,21 @@ def _pick(v, offs, j):
 
 
 @triton.jit
+def _head_block(l_row, T, zmax, keys, n, j):
+    """Sorted-head positions j: their order keys and e = rp_exp(z - zmax) (0 past the end)."""
+    key = tl.load(keys + j, mask=j < n, other=0)
+    tok = key & 0xFFFFFFFF
+    z = tl.div_rn(tl.load(l_row + tok, mask=j < n, other=0.0).to(tl.float32), T)
+    return key, tl.where(j < n, rp_exp(z - zmax), 0.0)
+
+
+@triton.jit
 def _top_p_bound(l_row, T, zmax, keys, n, top_p, WALK: tl.constexpr):
     """The last kept key of the sorted head keys[0, n), and the kept count."""
     offs = tl.arange(0, WALK)
     S = 0.0
     for b in range(0, n, WALK):  # S: one term at a time, in the order
-        j = b + offs
-        key = tl.load(keys + j, mask=j < n, other=0)
-        tok = key & 0xFFFFFFFF
-        z = tl.div_rn(tl.load(l_row + tok, mask=j < n, other=0.0).to(tl.float32), T)
-        e = tl.where(j < n, rp_exp(z - zmax), 0.0)
+        key, e = _head_block(l_row, T, zmax, keys, n, b + offs)
         for jj in tl.static_range(WALK):
             S = S + _pick(e, offs, jj)  # + 0.0 past the end: exact
     target = top_p * S
@@ -226,11 +231,7 @@ def _top_p_bound(l_row, T, zmax, keys, n, top_p, WALK: tl.constexpr):
     kept = n * 0
     b = n * 0
     while (found == 0) & (b < n):
-        j = b + offs
-        key = tl.load(keys + j, mask=j < n, other=0)
-        tok = key & 0xFFFFFFFF
-        z = tl.div_rn(tl.load(l_row + tok, mask=j < n, other=0.0).to(tl.float32), T)
-        e = tl.where(j < n, rp_exp(z - zmax), 0.0)
+        key, e = _head_block(l_row, T, zmax, keys, n, b + offs)
         for jj in tl.static_range(WALK):
             cum = cum + _pick(e, offs, jj)
             hit = (found == 0) & (b + jj < n) & ((cum >= target) | (b + jj + 1 == n))

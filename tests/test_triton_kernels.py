@@ -278,6 +278,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from replay.kernels.attention import ATTENTION_CONFIGS, _attention_kernel, _attention_merge_kernel
 from replay.kernels.matmul import MATMUL_CONFIGS, _matmul_kernel
+from replay.kernels.rmsnorm import BLOCK_D, _rms_norm_kernel
 import torch
 
 def compile_sm90(fn, const, types, **opts):
@@ -298,14 +299,16 @@ for split in (False, True):
                  num_warps=c.num_warps, num_stages=c.num_stages, enable_fp_fusion=False)
 compile_sm90(_attention_merge_kernel, dict(BLOCK_R=16, BLOCK_D=128, SPLIT=c.SPLIT), meta,
              enable_fp_fusion=False)
+for residual in (False, True):
+    compile_sm90(_rms_norm_kernel, dict(BLOCK_D=BLOCK_D, HAS_RESIDUAL=residual), {"eps": "fp32"})
 """
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(CUDA, reason="with CUDA the other tests compile and run every kernel")
 def test_kernels_compile_for_sm90():
-    """The interpreter accepts code that the GPU compiler rejects: compile the matmul and both
-    attention variants for sm_90 (Triton's own ptxas, no GPU needed)."""
+    """The interpreter accepts code that the GPU compiler rejects: compile the matmul, both
+    attention variants and both norm variants for sm_90 (Triton's own ptxas, no GPU needed)."""
     import subprocess
     import sys
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
