@@ -6,6 +6,8 @@ Two backends:
   (float32); on CUDA, the Triton kernels in replay.kernels (float32, bfloat16, float16).
 - "torch": plain torch ops with the same signatures. Numerically close, but a row's result can
   depend on the batch it sits in; tests use it to show that the replay contract can fail.
+- "triton": the Triton kernels for CPU tensors too, through Triton's interpreter
+  (TRITON_INTERPRET=1): CI runs the whole model, engine and verifier on the GPU kernels this way.
 
     with ops.backend("torch"):
         logits = model(...)
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from replay._ext import C
 
 _BACKEND = "replay"
-BACKENDS = ("replay", "torch")
+BACKENDS = ("replay", "torch", "triton")
 
 
 @contextlib.contextmanager
@@ -83,6 +85,12 @@ def _use_native(*ts: torch.Tensor) -> bool:
         "ops.backend('torch') for non-invariant execution")
 
 
+def _triton(t: torch.Tensor) -> bool:
+    """Whether the Triton kernels (replay.kernels) run this op: CUDA tensors, or any tensor
+    under the "triton" backend."""
+    return t.is_cuda or _BACKEND == "triton"
+
+
 def _p(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
@@ -104,7 +112,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -
                                             f"{w.shape[0]} rows")
     if not _use_native(x, w):
         return F.linear(x, w, bias)
-    if x.is_cuda:
+    if _triton(x):
         from replay.kernels.matmul import matmul
         return matmul(x, w, bias)
     M, K = x.shape
@@ -122,7 +130,7 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     _check(x.shape[1] == w.shape[0], f"rms_norm: x is {tuple(x.shape)}, w is {tuple(w.shape)}")
     if not _use_native(x, w):
         return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)) * w
-    if x.is_cuda:
+    if _triton(x):
         from replay.kernels.rmsnorm import rms_norm as rms_norm_cuda
         return rms_norm_cuda(x, w, eps)
     out = torch.empty_like(x)
@@ -142,7 +150,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, eps: 
         return rms_norm(r, w, eps), r
     w = _f32("w", w, 1)
     _check(x.shape[1] == w.shape[0], f"add_rms_norm: x is {tuple(x.shape)}, w is {tuple(w.shape)}")
-    if x.is_cuda:
+    if _triton(x):
         from replay.kernels.rmsnorm import add_rms_norm as add_rms_norm_cuda
         return add_rms_norm_cuda(x, residual, w, eps)
     out = torch.empty_like(x)
@@ -161,7 +169,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if not _use_native(gate_up):
         g, u = gate_up.chunk(2, dim=-1)
         return F.silu(g) * u
-    if gate_up.is_cuda:
+    if _triton(gate_up):
         from replay.kernels.elementwise import silu_mul as silu_mul_cuda
         return silu_mul_cuda(gate_up)
     out = torch.empty(M, F2 // 2, dtype=torch.float32, device=gate_up.device)
@@ -197,7 +205,7 @@ def rope_(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torc
         x[..., : D // 2] = x1 * c - x2 * s
         x[..., D // 2:] = x2 * c + x1 * s
         return x
-    if x.is_cuda:
+    if _triton(x):
         from replay.kernels.elementwise import rope_ as rope_cuda
         return rope_cuda(x, positions, cos, sin)
     if x.numel():
@@ -210,7 +218,7 @@ def log_softmax(x: torch.Tensor) -> torch.Tensor:
     x = _f32("x", x, 2)
     if not _use_native(x):
         return torch.log_softmax(x, dim=-1)
-    if x.is_cuda:
+    if _triton(x):
         from replay.kernels.log_softmax import log_softmax as log_softmax_cuda
         return log_softmax_cuda(x)
     out = torch.empty_like(x)
@@ -271,7 +279,7 @@ def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, cu_q: t
         scale = 1.0 / math.sqrt(D)
     if not _use_native(q, k_buf, v_buf):
         return _attention_torch(q, k_buf, v_buf, cu_q, pos0, kv_start, scale, window)
-    if q.is_cuda:
+    if _triton(q):
         from replay.kernels.attention import attention as attention_cuda
         return attention_cuda(q, k_buf, v_buf, cu_q, pos0, kv_start, scale, window)
     out = torch.empty_like(q)
