@@ -243,7 +243,7 @@ def merge(out: str, shards: list[str]):
     for i, s in enumerate(shards):
         man = os.path.join(out, "shards", _digest(s) + ".json")
         if not os.path.exists(man):
-            raise FleetIncomplete(f"{s}: not read yet")
+            raise FleetIncomplete(f"{s}: not read yet; run again to resume")
         with open(man) as f:
             keys += json.load(f)["keys"]
         order[s] = i
