@@ -160,17 +160,13 @@ class Varlen:
         return int((self.kv_start + self.pos0 + (self.cu[1:] - self.cu[:-1])).max()) if len(
             self.pos0) else 0
 
-    def positions(self) -> torch.Tensor:
-        """(T,) absolute position of every token."""
+    def positions_and_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T,) absolute position of every token, and (T,) the buffer row where its key and
+        value are written."""
         n = self.cu[1:] - self.cu[:-1]
-        seq = torch.repeat_interleave(torch.arange(len(n)), n)
-        return self.pos0[seq] + torch.arange(len(self.tokens)) - self.cu[seq]
-
-    def buffer_rows(self) -> torch.Tensor:
-        """(T,) buffer row where each token's key and value are written."""
-        n = self.cu[1:] - self.cu[:-1]
-        seq = torch.repeat_interleave(torch.arange(len(n)), n)
-        return self.kv_start[seq] + self.positions()
+        seq = torch.repeat_interleave(torch.arange(len(n)), n)   # (T,) chunk of each token
+        pos = self.pos0[seq] + torch.arange(len(self.tokens)) - self.cu[seq]
+        return pos, self.kv_start[seq] + pos
 
     def last_rows(self) -> torch.Tensor:
         """(S,) packed index of each chunk's last token."""
@@ -257,16 +253,16 @@ class Model:
 
     def forward(self, batch: Varlen, kv: KVBuffer) -> torch.Tensor:
         """Hidden states after the final norm, (T, hidden). Writes each token's keys and values
-        into kv at batch.buffer_rows() and attends over the buffer."""
+        into kv at its buffer row (Varlen.positions_and_rows) and attends over the buffer."""
         cfg, w = self.cfg, self.w
         T = len(batch.tokens)
         Hq, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        pos = batch.positions()
+        pos, rows = batch.positions_and_rows()
         if T and int(pos.max()) >= cfg.max_context:
             raise ValueError(f"position {int(pos.max())} exceeds the model's context "
                              f"({cfg.max_context})")
         dev = self.device
-        pos, rows = pos.to(dev), batch.buffer_rows().to(dev)
+        pos, rows = pos.to(dev), rows.to(dev)
         cu, pos0, kv_start = batch.cu.to(dev), batch.pos0.to(dev), batch.kv_start.to(dev)
         x = w["embed"][batch.tokens.to(dev)]                               # (T, hidden)
         residual = None
