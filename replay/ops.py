@@ -308,8 +308,11 @@ def _attention_torch(q, k_buf, v_buf, cu_q, pos0, kv_start, scale, window):
     if window:
         mask &= ik > qpos[:, :, None] - window
     mask |= ~q_ok[:, :, None] & (ik == 0)  # padding rows attend somewhere; they are dropped
+    # padding slots past a chunk's keys hold whatever the buffer holds (it is uninitialised):
+    # zero them, since a masked weight of 0 times NaN is still NaN
+    pad = (ik >= n_kv[:, None])[:, :, None, None]                  # (S, Lk, 1, 1)
     qs = q[rows_q].transpose(1, 2)                                 # (S, Hq, Lq, D)
-    ks = k_buf[rows_k].transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)  # (S, Hq, Lk, D)
-    vs = v_buf[rows_k].transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)
+    ks = k_buf[rows_k].masked_fill(pad, 0).transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)
+    vs = v_buf[rows_k].masked_fill(pad, 0).transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)
     o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask[:, None], scale=scale)
     return o.transpose(1, 2)[q_ok]                                 # (T, Hq, D), packed order

@@ -95,15 +95,18 @@ def test_greedy_is_argmax_and_sampling_uses_the_seed(small_model):
     assert all(0 <= t < V for o in outs.values() for t in o)
 
 
-def test_unwritten_kv_rows_are_never_read(small_model):
-    """The KV buffer is allocated uninitialised; poison it with NaN: tokens and rows unchanged."""
+@pytest.mark.parametrize("backend", ["replay", "torch"])
+def test_unwritten_kv_rows_are_never_read(small_model, backend):
+    """The KV buffer is allocated uninitialised; poison it with NaN: tokens and rows unchanged
+    (the torch backend too: its padded attention must not multiply garbage by a zero weight)."""
     reqs = workload(small_model.cfg.vocab_size, 6, seed=11)
-    clean, clean_logits = generate(small_model, [Request(**vars(r)) for r in reqs], max_batch=3,
-                                   chunk_size=5)
-    engine = Engine(small_model, max_batch=3, chunk_size=5, keep_logits=True)
-    for t in engine.kv.k + engine.kv.v:
-        t.fill_(float("nan"))
-    poisoned = engine.run([Request(**vars(r)) for r in reqs])
+    with ops.backend(backend):
+        clean, clean_logits = generate(small_model, [Request(**vars(r)) for r in reqs],
+                                       max_batch=3, chunk_size=5)
+        engine = Engine(small_model, max_batch=3, chunk_size=5, keep_logits=True)
+        for t in engine.kv.k + engine.kv.v:
+            t.fill_(float("nan"))
+        poisoned = engine.run([Request(**vars(r)) for r in reqs])
     assert [r.output for r in poisoned] == [r.output for r in clean]
     assert all(torch.equal(engine.logits[r.request_id], clean_logits[r.request_id])
                for r in clean)
