@@ -2,18 +2,20 @@
 
 Without CUDA the kernels run in Triton's CPU interpreter (float32, small shapes, small attention
 blocks so that the shapes cross many blocks and splits); with CUDA the same bodies run on the GPU
-in float32 and bfloat16 with the fixed default configurations.
+in float32 and bfloat16 with the fixed default configurations. In the interpreter, tl.dot is
+conftest.py's fixed-order reduction (numpy's matmul would make the bitwise checks test the CPU's
+BLAS); each bitwise check is also run against a deliberately variant kernel, which it must catch.
 """
+import dataclasses
 import math
 import os
 
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are decorated, so set it first
-pytest.importorskip("triton", reason="the Triton kernels need triton (pip install triton)")
+CUDA = torch.cuda.is_available()  # without it, conftest.py has set TRITON_INTERPRET=1
+triton = pytest.importorskip("triton", reason="the Triton kernels need triton (pip install triton)")
+import triton.language as tl  # noqa: E402
 
 from replay.kernels.attention import ATTENTION_CONFIGS, AttentionConfig, attention  # noqa: E402
 from replay.kernels.elementwise import rope_, silu_mul  # noqa: E402
@@ -64,16 +66,67 @@ def test_matmul_matches_float64(device, dtype, with_bias):
         assert torch.equal(addmm(b, x, w.T), matmul(x, w, b))
 
 
-@case
-def test_matmul_rows_do_not_depend_on_m_or_position(device, dtype):
+def assert_matmul_rows_invariant(fn, device, dtype):
+    """Row m of fn(x, w, b) has the same bits whatever M is and wherever the row sits."""
     x = randn(97, 100, device=device, dtype=dtype, seed=4)
     w = randn(200, 100, device=device, dtype=dtype, seed=5)
     b = randn(200, device=device, dtype=dtype, seed=6)
-    full = matmul(x, w, b)
+    full = fn(x, w, b)
     for m in (1, 3, 17, 64):
-        assert torch.equal(matmul(x[:m], w, b), full[:m]), m
+        assert torch.equal(fn(x[:m], w, b), full[:m]), m
     perm = torch.randperm(97, generator=torch.Generator().manual_seed(0)).to(device)
-    assert torch.equal(matmul(x[perm], w, b), full[perm])  # every row at another tile position
+    assert torch.equal(fn(x[perm], w, b), full[perm])  # every row at another tile position
+
+
+@case
+def test_matmul_rows_do_not_depend_on_m_or_position(device, dtype):
+    assert_matmul_rows_invariant(matmul, device, dtype)
+
+
+@triton.jit
+def _tile_order_matmul_kernel(x_ptr, w_ptr, out_ptr, M, N, K, BLOCK: tl.constexpr):
+    """A deliberately broken matmul: odd row tiles reduce K from its last block down."""
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    rm = pid_m * BLOCK + tl.arange(0, BLOCK)
+    rn = pid_n * BLOCK + tl.arange(0, BLOCK)
+    rk = tl.arange(0, BLOCK)
+    n_k = tl.cdiv(K, BLOCK)
+    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+    for i in range(n_k):
+        kb = tl.where(pid_m % 2 == 1, n_k - 1 - i, i)
+        k = kb * BLOCK + rk
+        a = tl.load(x_ptr + rm[:, None] * K + k[None, :], mask=(rm[:, None] < M) & (k[None, :] < K),
+                    other=0.0)
+        b = tl.load(w_ptr + rn[None, :] * K + k[:, None], mask=(rn[None, :] < N) & (k[:, None] < K),
+                    other=0.0)
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@case
+def test_matmul_invariance_check_catches_variant_kernels(device, dtype, monkeypatch):
+    """The bitwise check above fails for a kernel whose K order depends on M (a configuration
+    picked per batch size, as autotuning keyed on M would) or on the row's tile."""
+    import replay.kernels.matmul as mm_mod
+    fixed = dict(mm_mod.MATMUL_CONFIGS[dtype])
+
+    def by_m(x, w, b):  # BLOCK_K chosen from M
+        monkeypatch.setitem(mm_mod.MATMUL_CONFIGS, dtype,
+                            dict(fixed, BLOCK_K=16 if x.shape[0] < 32 else 32))
+        return matmul(x, w, b)
+
+    def by_tile(x, w, b):
+        M, K = x.shape
+        N = w.shape[0]
+        out = torch.empty(M, N, dtype=dtype, device=device)
+        grid = (triton.cdiv(M, 32), triton.cdiv(N, 32))
+        _tile_order_matmul_kernel[grid](x.contiguous(), w.contiguous(), out, M, N, K, BLOCK=32)
+        return out + b
+
+    for variant in (by_m, by_tile):
+        with pytest.raises(AssertionError):
+            assert_matmul_rows_invariant(variant, device, dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,19 +277,35 @@ def test_attention_matches_float64(device, dtype, window):
         assert (out.double().cpu() - ref).abs().max().item() <= ATOL[dtype], split_kv
 
 
-@case
-@pytest.mark.parametrize("window", [0, 40])
-def test_attention_rows_equal_across_prefill_chunks_and_decode(device, dtype, window):
+def assert_chunks_equal_prefill(device, dtype, window, cfg_for):
     """One sequence computed as one prefill, as chunked prefills of 7 and 16, and token by token
-    (decode): every query row has the same bits. The length crosses two split boundaries."""
+    (decode): every query row has the same bits. The length crosses two split boundaries.
+    cfg_for(n): the attention configuration a call with n queries runs."""
     cfg = attn_config(device, dtype)
     L = 2 * cfg.SPLIT + 13
     q, k, v = seq_data(L, 2, 1, 32, device, dtype, seed=30)
-    full = run(q, k, v, [0, L], [0], [0], window, cfg)
+    full = run(q, k, v, [0, L], [0], [0], window, cfg_for(L))
     for chunk in (1, 7, 16):
-        parts = [run(q[a:a + chunk], k, v, [0, min(chunk, L - a)], [a], [0], window, cfg)
+        parts = [run(q[a:a + chunk], k, v, [0, min(chunk, L - a)], [a], [0], window,
+                     cfg_for(min(chunk, L - a)))
                  for a in range(0, L, chunk)]
         assert torch.equal(torch.cat(parts), full), chunk
+
+
+@case
+@pytest.mark.parametrize("window", [0, 40])
+def test_attention_rows_equal_across_prefill_chunks_and_decode(device, dtype, window):
+    cfg = attn_config(device, dtype)
+    assert_chunks_equal_prefill(device, dtype, window, lambda n: cfg)
+
+
+@case
+def test_attention_invariance_check_catches_a_variant_kernel(device, dtype):
+    """The check above fails when decode (one query) reads keys in other blocks than prefill."""
+    cfg = attn_config(device, dtype)
+    decode = dataclasses.replace(cfg, BLOCK_N=2 * cfg.BLOCK_N)
+    with pytest.raises(AssertionError):
+        assert_chunks_equal_prefill(device, dtype, 0, lambda n: decode if n == 1 else cfg)
 
 
 @case

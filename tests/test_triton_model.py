@@ -4,13 +4,10 @@ Without CUDA the kernels run in Triton's CPU interpreter on float32: this is whe
 the GPU path keeps the replay contract end to end (engine rows equal verifier rows bitwise) and
 agrees with the C++ path numerically, before a GPU ever runs it.
 """
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are decorated, so set it first
+# without CUDA, conftest.py has set TRITON_INTERPRET=1 and made the interpreter's dot fixed-order
 pytest.importorskip("triton", reason="the Triton kernels need triton (pip install triton)")
 
 from conftest import small_config  # noqa: E402
@@ -19,6 +16,7 @@ from replay.engine import Engine, Request  # noqa: E402
 from replay.model import Model  # noqa: E402
 from replay.records import SamplingParams  # noqa: E402
 from replay.verify import verify  # noqa: E402
+from variants import assert_engine_varied  # noqa: E402
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
                                 reason="with CUDA, tests/test_gpu.py runs this on the GPU")
@@ -39,6 +37,7 @@ def test_engine_rows_equal_verifier_rows_on_triton_kernels(model):
         engine = Engine(model, max_batch=3, chunk_size=5, keep_logits=True, placement_seed=1)
         records = engine.run(reqs)
         report = verify(records, model=model, keep_logits=True)
+    assert_engine_varied(engine, placed=True)
     assert report.ok, report.summary()
     for r in records:
         assert torch.equal(engine.logits[r.request_id], report.logits[r.request_id])
