@@ -92,7 +92,12 @@ class Engine:
         self._running: list[_Seq] = []
         self.step_count = 0
         self.logits: dict[str, torch.Tensor] = {}  # request_id -> (n_output, vocab), keep_logits
-        self.stats = {"steps": 0, "tokens_in": 0, "tokens_out": 0, "batch_sizes": []}
+        # What the runs varied, so that tests can check they did: sequences per forward
+        # (batch_sizes), prompt chunks that left part of their prompt for a later step
+        # (prompt_splits), sequences a step_tokens cap cut short or left out (capped), and
+        # admissions into a slot other than the lowest free one (off_lowest).
+        self.stats = {"steps": 0, "tokens_in": 0, "tokens_out": 0, "batch_sizes": [],
+                      "prompt_splits": 0, "capped": 0, "off_lowest": 0}
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -125,8 +130,10 @@ class Engine:
             if not self._free:
                 break
             self._waiting.remove(req)
-            i = self._rng.randrange(len(self._free)) if self._rng else 0
-            slot = self._free.pop(i)
+            lowest = min(self._free)
+            slot = self._free.pop(self._rng.randrange(len(self._free)) if self._rng
+                                  else self._free.index(lowest))
+            self.stats["off_lowest"] += slot != lowest
             cap = min(req.max_tokens, self.max_seq_len - len(req.prompt))
             seq = _Seq(req, slot, cap, list(req.prompt))
             if cap == 0:
@@ -139,13 +146,16 @@ class Engine:
         """Admit arrivals, run one packed forward pass, sample; returns the finished records."""
         done = self._admit()
         chunks, seqs, budget = [], [], self.step_tokens
-        for seq in self._running:
+        for j, seq in enumerate(self._running):
             n = min(len(seq.tokens) - seq.computed, self.chunk_size)
             if budget is not None:
                 if budget <= 0 and chunks:
+                    self.stats["capped"] += len(self._running) - j
                     break
+                self.stats["capped"] += budget < n
                 n = max(1, min(n, budget))
                 budget -= n
+            self.stats["prompt_splits"] += seq.computed + n < len(seq.req.prompt)
             chunks.append(seq.tokens[seq.computed: seq.computed + n])
             seqs.append(seq)
         self.step_count += 1

@@ -13,6 +13,7 @@ import torch
 
 from replay import ops
 from replay._ext import C
+from variants import split_k_linear
 
 U = 2.0 ** -24  # unit roundoff of float32
 
@@ -64,24 +65,36 @@ def test_linear_matches_float64(M, N, K, with_bias):
     assert (y.double() - ref).abs().max() <= 2 * (yt.double() - ref).abs().max() + 1e-30
 
 
-def test_linear_rows_do_not_depend_on_batch():
+def assert_linear_rows_invariant(linear):
     K, N = 300, 37
     x, w, b = randn(97, K, seed=4), randn(N, K, seed=5), randn(N, seed=6)
-    full = ops.linear(x, w, b)
+    full = linear(x, w, b)
     for M in (1, 3, 17, 64, 97):
         for a in (0, 97 - M, (97 - M) // 2):
-            assert torch.equal(ops.linear(x[a:a + M], w, b), full[a:a + M]), (M, a)
+            assert torch.equal(linear(x[a:a + M], w, b), full[a:a + M]), (M, a)
     perm = torch.randperm(97, generator=gen(7))
-    assert torch.equal(ops.linear(x[perm], w, b), full[perm])
+    assert torch.equal(linear(x[perm], w, b), full[perm])
     # a row next to different neighbours, at every place of a 4x6 tile and of an edge tile
     for M in (5, 11):
         for i in range(M):
             xs = randn(M, K, seed=100 + M + i)
             xs[i] = x[40]
-            assert torch.equal(ops.linear(xs, w, b)[i], full[40])
+            assert torch.equal(linear(xs, w, b)[i], full[40])
     # output columns: w sliced at awkward places gives the same values
     for a, z in ((0, 1), (3, 20), (31, 37)):
-        assert torch.equal(ops.linear(x, w[a:z], b[a:z]), full[:, a:z])
+        assert torch.equal(linear(x, w[a:z], b[a:z]), full[:, a:z])
+
+
+def test_linear_rows_do_not_depend_on_batch():
+    assert_linear_rows_invariant(ops.linear)
+
+
+def test_linear_invariance_check_catches_split_k():
+    """The check above fails for a linear that splits K below 8 rows (variants.split_k_linear):
+    a control that is batch-variant on every machine, unlike torch's BLAS, which may or may not
+    be for a given shape."""
+    with pytest.raises(AssertionError):
+        assert_linear_rows_invariant(split_k_linear)
 
 
 def test_linear_threads_do_not_matter(threads):
@@ -104,14 +117,6 @@ def test_linear_simd_paths_agree():
     assert torch.equal(outs[-1], ops.linear(x, w, b))
     for out in outs[:-1]:
         assert torch.equal(out, outs[-1])
-
-
-def test_torch_mm_is_not_batch_invariant():
-    """The check above can fail: torch's CPU matmul (MKL) gives row 0 other bits at small M."""
-    a, b = randn(64, 64, seed=13), randn(64, 64, seed=14)
-    with ops.backend("torch"):
-        full = ops.linear(a, b)
-        assert any(not torch.equal(ops.linear(a[:k], b), full[:k]) for k in (1, 3, 7))
 
 
 # ---------------------------------------------------------------------------------------------
