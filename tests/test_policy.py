@@ -71,6 +71,16 @@ def test_verdicts_of_each_policy():
         Policy.prob_threshold(0.1).verdicts(sc(rank=[0]))
 
 
+def test_rank_threshold_is_inclusive():
+    """A failing token of rank exactly rank_threshold is suspicious; one rank more is dangerous
+    (the two-step bound charges suspicious tokens log2(rank_threshold + 1): ranks 0..thr)."""
+    s = sc(exact=[False] * 4, margin=[9.0] * 4, rank=[6, 7, 8, 0])
+    assert Policy.tolerant(-5.0, 7).verdicts(s) == ["suspicious", "suspicious", "dangerous",
+                                                    "suspicious"]
+    assert Policy.tolerant(-5.0, 0).verdicts(s) == ["dangerous", "dangerous", "dangerous",
+                                                    "suspicious"]
+
+
 @pytest.mark.parametrize("bad", [dict(kind="nope"), dict(kind="tolerant", sigma=0.0),
                                  dict(kind="tolerant", score="x"),
                                  dict(kind="prob_threshold", p_min=1.5),
