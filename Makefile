@@ -1,5 +1,6 @@
 # make demo   set everything up (virtual environment, build) and run the demo
-# make test   set everything up and run the tests
+# make test   set everything up and run the tests (the quick ones: -m "not slow")
+# make test-slow  the slow tests only (end-to-end attacks, fleet kill-and-resume, sm_90 compiles)
 # make bench  run the CPU benchmarks and write bench/results/
 # make cuda-check  compile the CUDA sources with nvcc (no GPU needed; CI runs it)
 PYTHON ?= python3
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 # The C++ kernels parallelise with OpenMP over output tiles, rows and heads.
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: demo test bench build setup clean cuda-check
+.PHONY: demo test test-slow bench build setup clean cuda-check
 
 $(VENV)/.installed: requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +27,10 @@ demo: build
 	$(PY) -m replay.cli demo
 
 test: build
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: build
+	$(PY) -m pytest -q -m slow tests
 
 bench: build
 	$(PY) -m pytest -q bench --benchmark-only

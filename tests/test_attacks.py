@@ -1,6 +1,5 @@
 """Attackers (replay.attacks): each decodes its own message, the exact policy catches every record
 that carries a bit, the tolerant policy lets through no more than the bound; plots are written."""
-import inspect
 import math
 import random
 
@@ -100,8 +99,6 @@ def test_exact_policy_catches_every_record_with_a_bit(served, small_model):
 
 
 def test_seed_grinding_caught_with_the_logger_key(served, small_model):
-    if "seed_key" not in inspect.signature(verify).parameters:
-        pytest.skip("verify(..., seed_key=...) not available yet")
     atk, recs, carried, honest, _ = next(s for s in served if s[0].name == "seed_grinding")
     rep = verify(recs, small_model, seed_key=KEY)
     assert all(x["verdict"] == "fail" for x in rep.records)
