@@ -82,7 +82,7 @@ def run(n_requests: int = 40, max_tokens: int = 64, out_dir: str = "runs/demo",
         sizes = engine.stats["batch_sizes"]
         log(f"generate: max_batch={max_batch:2d} chunk={chunk:2d}: {len(records)} requests, "
             f"{n_tok} tokens in {dt:.1f} s ({n_tok / dt:.0f} tokens/s), "
-            f"{engine.stats['steps']} steps, batch sizes {min(sizes)}..{max(sizes)}")
+            f"{len(sizes)} steps, batch sizes {min(sizes)}..{max(sizes)}")
         outputs.append(records)
 
     first = outputs[0]
@@ -96,11 +96,11 @@ def run(n_requests: int = 40, max_tokens: int = 64, out_dir: str = "runs/demo",
     log(report.summary())
     report.write(os.path.join(out_dir, "report"))
 
-    sample = outputs[-1][1]
+    sample = outputs[-1][1 % n_requests]
     log("\nsample (demo-001):\n" + tok.decode(sample.prompt) + "\u2192" + tok.decode(sample.output))
 
     # A compromised server changes one token: the verifier names the record and the position.
-    bad = outputs[-1][5]
+    bad = outputs[-1][5 % n_requests]  # any record, also with --requests below 6
     j = len(bad.output) // 2
     forged = dataclasses.replace(bad, output=list(bad.output))
     forged.output[j] = (forged.output[j] + 1) % model.cfg.vocab_size

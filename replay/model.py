@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -45,7 +45,6 @@ class ModelConfig:
     o_bias: bool = False           # Llama with attention_bias
     qk_norm: bool = False          # Qwen3
     window: int = 0                # sliding window (Mistral), 0 = none
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.arch not in SUPPORTED:

@@ -1,7 +1,7 @@
 """The ops layer: argument checks, output allocation and device dispatch for every kernel the
-model runs. It is the only caller of replay._C.
+model runs. It and replay.sampling (the sampler's own kernels) are the callers of replay._C.
 
-Two backends:
+Three backends:
 - "replay" (default): replay's batch-invariant kernels. On CPU, the C++ kernels in csrc/cpu
   (float32); on CUDA, the Triton kernels in replay.kernels (float32, bfloat16, float16).
 - "torch": plain torch ops with the same signatures. Numerically close, but a row's result can
@@ -38,10 +38,6 @@ def backend(name: str):
         yield
     finally:
         _BACKEND = prev
-
-
-def current_backend() -> str:
-    return _BACKEND
 
 
 # ---------------------------------------------------------------------------------------------
