@@ -4,19 +4,20 @@ One file per op, each with its kernel (`_x_kernel`), the wrapper that checks, al
 launches (`x`), and where useful an adapter with the aten signature. Every kernel keeps the replay
 contract (DESIGN §2); README.md in this folder lists their fixed configurations.
 
-Names load lazily: `import replay.kernels` works without triton, and the first use of a kernel
-says that triton is missing. Three modules share their op's name (matmul, log_softmax, attention):
-the package attribute is the function; import from the module (`from replay.kernels.matmul
-import matmul`) where the module itself might have been imported first.
+A submodule's name is always the submodule (`replay.kernels.matmul` is the module whatever was
+imported first): import a wrapper from its module, `from replay.kernels.matmul import matmul`.
+The package also exports the wrappers whose names no module has (mm, rms_norm, ...). Everything
+loads lazily: `import replay.kernels` works without triton, and the first use of a kernel says
+that triton is missing.
 """
 import importlib
 
+_MODULES = ("matmul", "rmsnorm", "log_softmax", "elementwise", "attention", "sampler")
 _EXPORTS = {
-    "matmul": "matmul", "mm": "matmul", "addmm": "matmul", "MATMUL_CONFIGS": "matmul",
+    "mm": "matmul", "addmm": "matmul", "MATMUL_CONFIGS": "matmul",
     "rms_norm": "rmsnorm", "add_rms_norm": "rmsnorm",
-    "log_softmax": "log_softmax",
     "silu_mul": "elementwise", "rope_": "elementwise",
-    "attention": "attention", "ATTENTION_CONFIGS": "attention", "AttentionConfig": "attention",
+    "ATTENTION_CONFIGS": "attention", "AttentionConfig": "attention",
     "sample": "sampler",
 }
 
@@ -33,13 +34,10 @@ def available() -> bool:
 
 
 def __getattr__(name):
-    if name not in _EXPORTS:
+    if name not in _EXPORTS and name not in _MODULES:
         raise AttributeError(f"module 'replay.kernels' has no attribute {name!r}")
     if not available():
         raise ImportError(f"replay.kernels.{name} needs triton (pip install triton); the CPU "
                           "path of replay.ops runs without it")
-    mod_name = _EXPORTS[name]
-    mod = importlib.import_module(f"{__name__}.{mod_name}")
-    # importing the submodule bound its name here; bind the functions over it
-    globals().update({n: getattr(mod, n) for n, m in _EXPORTS.items() if m == mod_name})
-    return globals()[name]
+    mod = importlib.import_module(f"{__name__}.{_EXPORTS.get(name, name)}")
+    return mod if name in _MODULES else getattr(mod, name)
