@@ -93,18 +93,6 @@ def generate(model, reqs, kind: str):
 
 # -- scores and the bound -----------------------------------------------------------------------
 
-def groups(records, tokens_per_group: int = 2048):
-    g, n = [], 0
-    for r in records:
-        g.append(r)
-        n += len(r.output)
-        if n >= tokens_per_group:
-            yield g
-            g, n = [], 0
-    if g:
-        yield g
-
-
 def analyse(model, records):
     """Verify (exact policy) and keep the per-token columns, in record order."""
     from replay.policy import gls
@@ -118,22 +106,14 @@ def analyse(model, records):
 
 
 def set_sizes(model, records, thresholds) -> torch.Tensor:
-    """LongTensor [len(thresholds), tokens]: |A_t| of the gls policy at each threshold, i.e. the
-    tokens c with gls(margin_c) > threshold, from the recomputed rows (one group at a time)."""
-    from replay.attacks import teacher_forced_logits
-    from replay.policy import gls
-    from replay.scores import margins
+    """LongTensor [len(thresholds), tokens]: |A_t| of the gls policy at each threshold, from the
+    recomputed rows (the verifier's teacher-forced pass, one chunk at a time)."""
+    from replay.bound import gls_sizes
+    from replay.verify import teacher_forced
 
-    thr = torch.tensor(list(thresholds), dtype=torch.float64)
-    out = []
-    for g in groups(records):
-        logits = torch.cat([l for l in teacher_forced_logits(model, g)])
-        params = [r.params for r in g for _ in r.output]
-        pos = [len(r.prompt) + j for r in g for j in range(len(r.output))]
-        gs = torch.sort(gls(margins(logits, params, pos), SIGMA), dim=1).values
-        le = torch.searchsorted(gs, thr[None, :].expand(len(gs), -1).contiguous(), right=True)
-        out.append((gs.shape[1] - le).T)
-    return torch.cat(out, dim=1)
+    out = [gls_sizes(logits, [p.params for p in where], [p.position for p in where], thresholds,
+                     SIGMA) for where, logits in teacher_forced(model, records)]
+    return torch.cat(out, dim=1) if out else torch.zeros(len(thresholds), 0, dtype=torch.int64)
 
 
 def bounds(a, sizes, thresholds, V):
@@ -254,7 +234,6 @@ def main(argv=None):
               "length (truncate) b=5", "substitution argmax", "substitution T=0.5"]
     rng = random.Random(7)
     rows_a, hist, det = [], {}, {}
-    seed_ok = "seed_key" in verify.__code__.co_varnames
     for atk, label in zip(attackers, labels):
         msg = [rng.getrandbits(1) for _ in range(a.attack_requests * a.attack_tokens * 13)]
         recs = atk.encode(msg, areqs)
@@ -267,11 +246,11 @@ def main(argv=None):
         same = sum(r.output == ahonest[r.request_id].output for r in recs)
         row = [label, f"{bits / ntok:.3f}", f"{bits:,} / {ntok:,}", same]
         for pname, p in pols.items():
-            rep = verify(recs, model, policy=p, keep_logits=p.kind != "exact")
+            rep = verify(recs, model, policy=p, keep_logits=not p.single)
             fails = {x["request_id"] for x in rep.records if x["verdict"] != "pass"}
             caught = sum(r.request_id in fails for r in with_bits)
             row.append(f"{caught}/{len(with_bits)}")
-            if p.kind != "exact":
+            if not p.single:
                 ok = [r for r in with_bits if r.request_id not in fails and r.output]
                 esc = sum(len(carried[r.request_id]) for r in ok)
                 cap = _bound_bits(rep, ok, p)
@@ -284,22 +263,19 @@ def main(argv=None):
                                                    [x["n_tokens"] for x in rows])
             if pname.startswith("tolerant gls>-5") and label in HIST:
                 hist[label] = rep.tokens["gls"]
-        if seed_ok:
-            rep = verify(recs, model, seed_key=KEY)
-            fails = {x["request_id"] for x in rep.records if x["verdict"] != "pass"}
-            row.append(f"{sum(r.request_id in fails for r in with_bits)}/{len(with_bits)}")
-            if atk.name == "seed_grinding":
-                det[label + ", exact + logger key"] = plots.detection_curve(
-                    [plots.first_failure(x) for x in rep.records],
-                    [x["n_tokens"] for x in rep.records])
+        # the exact policy with the logger-key seed check
+        rep = verify(recs, model, seed_key=KEY)
+        fails = {x["request_id"] for x in rep.records if x["verdict"] != "pass"}
+        row.append(f"{sum(r.request_id in fails for r in with_bits)}/{len(with_bits)}")
+        if atk.name == "seed_grinding":
+            det[label + ", exact + logger key"] = plots.detection_curve(
+                [plots.first_failure(x) for x in rep.records], [x["n_tokens"] for x in rep.records])
         rows_a.append(row)
         log(f"attack {label}: {bits / ntok:.3f} bits/token")
 
     # honest false positives of the seed check
-    seed_fp = None
-    if seed_ok:
-        seed_fp = sum(x["verdict"] != "pass"
-                      for x in verify(honest["replay"], model, seed_key=KEY).records)
+    seed_fp = sum(x["verdict"] != "pass"
+                  for x in verify(honest["replay"], model, seed_key=KEY).records)
 
     # plots
     pdir = os.path.join(a.out, "exfil")
@@ -319,7 +295,7 @@ def main(argv=None):
                          title="attacked records caught by the exact policy (records that carry bits)")
     log("plots written")
 
-    _write(a, argv, model, V, rows_h, rows_head, rows_a, pols, seed_ok, seed_fp,
+    _write(a, argv, model, V, rows_h, rows_head, rows_a, pols, seed_fp,
            time.perf_counter() - t_start)
     return 0
 
@@ -337,7 +313,7 @@ def _bound_bits(rep, recs, policy) -> float:
                             .clamp_min(1).double()).sum())
 
 
-def _write(a, argv, model, V, rows_h, rows_head, rows_a, pols, seed_ok, seed_fp, seconds):
+def _write(a, argv, model, V, rows_h, rows_head, rows_a, pols, seed_fp, seconds):
     sys.path.insert(0, HERE)
     from common import commit, device
 
@@ -408,12 +384,10 @@ def _write(a, argv, model, V, rows_h, rows_head, rows_a, pols, seed_ok, seed_fp,
         hdr.append(f"caught: {pname}")
         if pname != "exact":
             hdr.append(f"escaping / bound bits: {pname}")
-    if seed_ok:
-        hdr.append("caught: exact + logger-key seed check")
+    hdr.append("caught: exact + logger-key seed check")
     L += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
     L += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows_a]
-    if seed_ok:
-        L += ["", f"Seed check on the honest replay-engine traffic: {seed_fp} false positives."]
+    L += ["", f"Seed check on the honest replay-engine traffic: {seed_fp} false positives."]
     L += ["", "## Plots", "", "![sweep](exfil/sweep.png)", "", "![scores](exfil/scores.png)", "",
           "![detection](exfil/detection.png)", ""]
     path = os.path.join(a.out, "exfil-cpu.md")

@@ -7,7 +7,8 @@
     print(report.summary())
 
 Attributes load lazily, so that `import replay` is cheap and a verifier process never loads the
-engine (DESIGN §6: the verifier must not run the code it checks).
+engine (DESIGN §6: the verifier must not run the code it checks). `replay.verify` is always the
+module replay.verify, whatever was imported first; the module is callable, replay.verify.verify.
 """
 import importlib
 import os
@@ -36,5 +37,5 @@ __all__ = sorted(_EXPORTS) + ["TINY_MODEL", "__version__"]
 def __getattr__(name):
     if name in _EXPORTS:
         mod = importlib.import_module(_EXPORTS[name])
-        return getattr(mod, name)
+        return mod if mod.__name__ == f"replay.{name}" else getattr(mod, name)
     raise AttributeError(f"module 'replay' has no attribute {name!r}")

@@ -21,20 +21,21 @@ output token (vLLM also draws for seeded greedy rows in mixed batches; greedy ro
 without noise here, so those draws would shift the stream: keep seeded requests at T > 0 or
 all-greedy). Penalties, min_p, logit bias and n > 1 are not modelled (the importers reject them).
 
-Scoring (`score_stock`): the recorded tokens are teacher-forced through replay's model, the
+Scoring (the `ExponentialRace` Scorer of replay.verify; `score_stock`): the recorded tokens are teacher-forced through replay's model, the
 noise rows are regenerated from the seeds, and the margin in logit units is
 Delta_c = T * (max_kept y - y_c) with y = log p + (-log q) (float64), +inf if c was filtered out;
 greedy: l_max - l_c. gls = log Phi(-Delta / (sqrt(2) sigma)) then applies as for replay's engine.
 """
 from __future__ import annotations
 
+import json
 import math
-import time
+import os
 
 import torch
 
-from replay.policy import Policy, gls
-from replay.records import Batch, Record, RecordError, SamplingParams
+from replay.policy import Policy
+from replay.records import Batch, Record, RecordError, SamplingParams, read_jsonl
 
 SAMPLING_EPS = 1e-5  # vLLM treats T below this as greedy
 
@@ -67,19 +68,19 @@ def _probs(logits: torch.Tensor, params: list[SamplingParams]):
     return greedy, kept, p
 
 
+def _generator(seed: int, device: str) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
 class VllmSampler:
-    """The vLLM-style sampler as an Engine sampler: Engine(model, sampler=VllmSampler())."""
+    """The vLLM-style sampler as an Engine sampler: Engine(model, sampler=VllmSampler()). One
+    generator per running request, released by the engine when the request finishes."""
 
     def __init__(self, device: str = "cpu"):
         self.device = device
         self._gens: dict[str, torch.Generator] = {}
-
-    def _gen(self, request_id: str, seed: int) -> torch.Generator:
-        g = self._gens.get(request_id)
-        if g is None:
-            g = self._gens[request_id] = torch.Generator(device=self.device)
-            g.manual_seed(int(seed))
-        return g
 
     def __call__(self, logits: torch.Tensor, requests, positions) -> torch.Tensor:
         params = [r.params for r in requests]
@@ -87,10 +88,14 @@ class VllmSampler:
         q = torch.ones_like(p)
         for i, r in enumerate(requests):
             if not greedy[i]:
-                q[i] = draw(self._gen(r.request_id, r.params.seed), p.shape[1], self.device)
+                g = self._gens.get(r.request_id)
+                if g is None:
+                    g = self._gens[r.request_id] = _generator(r.params.seed, self.device)
+                q[i] = draw(g, p.shape[1], self.device)
         return torch.where(greedy, logits.argmax(1), (p / q).argmax(1))
 
     def release(self, request_id: str):
+        """Engine hook: the request finished; forget its generator."""
         self._gens.pop(request_id, None)
 
 
@@ -101,8 +106,7 @@ def draw(g: torch.Generator, V: int, device: str = "cpu") -> torch.Tensor:
 
 def noise(seed: int, n: int, V: int, device: str = "cpu") -> torch.Tensor:
     """The q rows [n, V] of a request's first n sampled tokens."""
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
+    g = _generator(seed, device)
     return torch.stack([draw(g, V, device) for _ in range(n)]) if n else torch.empty(0, V)
 
 
@@ -130,53 +134,47 @@ def stock_scores(logits: torch.Tensor, params: list[SamplingParams], claimed, q:
             "sample_prob": p.double().gather(1, c)[:, 0]}
 
 
-def score_stock(records, model, policy: Policy | None = None, device: str = "cpu",
-                token_budget: int = 4096, check_model: bool = True,
-                seed_key: bytes | None = None):
-    """Verify records of a vLLM-style deployment (default policy: Policy.tolerant()) -> Report.
+class ExponentialRace:
+    """The vLLM-style exponential race as a replay.verify Scorer (records with meta["sampler"]
+    "vllm"): the logits are replay's model's, teacher-forced; the noise of each sampled token is
+    regenerated from the record's seed on `device`, one generator per record (created at its
+    first output position, one [V] draw per sampled token, dropped after its last)."""
+    sampler = "vllm"
 
-    The logits are recomputed with replay's model (teacher-forced, as replay.verify does); the
-    noise of each sampled token is regenerated from the record's seed on `device`. seed_key:
-    as in replay.verify, the logger's key that the seeds must derive from."""
-    from replay import verify as V_
-    from replay.model import Varlen
-    from replay.report import Report
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self._gens: dict[str, tuple[torch.Generator, int]] = {}  # request_id -> (g, next index)
 
-    policy = policy or Policy.tolerant()
-    if policy.kind == "tolerant" and policy.score == "ipt":
-        raise ValueError("score_stock: the IPT score does not describe the exponential race; "
-                         "use the gls score")
-    b = V_._as_batch(records)
-    t0 = time.perf_counter()
-    items = [V_._Item(i, r) for i, r in enumerate(b.records)]
-    good, errors = V_._check(items, model, check_model)
-    report = Report(policy=policy, model=model.identity, vocab_size=model.cfg.vocab_size)
-    for e in b.errors:
-        report.add_error(None, e)
-    for it, e in errors:
-        report.add_error(it.rec, e)
-    Vsz = model.cfg.vocab_size
-    for pack in V_._packs(good, token_budget):
-        batch = Varlen.prefill([it.rec.prompt + it.rec.output[:-1] for it in pack])
-        hidden = model.forward(batch, model.new_kv(batch.rows))
-        rows, meta, qs = [], [], []
-        for s, it in enumerate(pack):
-            r, P = it.rec, len(it.rec.prompt)
-            sampled = r.params.temperature >= SAMPLING_EPS
-            q = noise(r.params.seed, len(r.output) if sampled else 0, Vsz, device)
-            for j in range(len(r.output)):
-                rows.append(int(batch.cu[s]) + P - 1 + j)
-                meta.append((s, j, P + j, r.output[j], r.params))
-                qs.append(q[j] if sampled else torch.ones(Vsz))
-        if not rows:
-            continue
-        logits = model.logits(hidden[torch.tensor(rows)])
-        sc = stock_scores(logits, [m[4] for m in meta], [m[3] for m in meta], torch.stack(qs))
-        sc["gls"] = gls(sc["margin"], policy.sigma)
-        report.add_tokens(pack, meta, sc, policy.verdicts(sc))
-    report.finish(good, time.perf_counter() - t0)
-    V_.mark_seed_failures(report, V_.seed_failures([it.rec for it in good], seed_key))
-    return report
+    def score(self, logits, positions, policy):
+        if "ipt" in policy.needs:
+            raise ValueError("the IPT score does not describe the exponential race; use the gls "
+                             "score")
+        V = logits.shape[1]
+        q = torch.ones(len(positions), V)
+        for i, p in enumerate(positions):
+            r = p.record
+            if p.params.temperature < SAMPLING_EPS:
+                continue  # greedy: no draw
+            g, nxt = self._gens.pop(r.request_id, (None, 0))
+            if p.index == 0:
+                g, nxt = _generator(p.params.seed, self.device), 0
+            if g is None or nxt != p.index:
+                raise ValueError(f"record {r.request_id!r}: output positions out of order")
+            q[i] = draw(g, V, self.device)
+            if p.index + 1 < len(r.output):
+                self._gens[r.request_id] = (g, p.index + 1)
+        return stock_scores(logits, [p.params for p in positions], [p.token for p in positions],
+                            q)
+
+
+def score_stock(records, model, policy: Policy | None = None, device: str = "cpu", **settings):
+    """Verify records of a vLLM-style deployment (default policy: Policy.tolerant()) -> Report:
+    replay.verify with the ExponentialRace scorer. settings: replay.verify.Options fields
+    (token_budget, check_model, seed_key, ...)."""
+    from replay.verify import verify
+
+    return verify(records, model, policy or Policy.tolerant(), scorer=ExponentialRace(device),
+                  **settings)
 
 
 # ---- importers ---------------------------------------------------------------------------------
@@ -193,17 +191,16 @@ _NEUTRAL = {"min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
             "regex": None, "json_schema": None, "ebnf": None, "logits_processors": None}
 
 
-def _load(data):
-    import json
-    import os
+def _load(data) -> list[tuple[str | None, object]]:
+    """(where, entry) pairs: a .jsonl path read line by line (records.read_jsonl: a bad line is
+    one RecordError entry), a .json path, a dict or a list of dicts."""
     if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
         path = os.fspath(data)
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
         if path.endswith((".jsonl", ".ndjson")):
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        data = json.loads(text)
-    return [data] if isinstance(data, dict) else list(data)
+            return list(read_jsonl(path))
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    return [(None, e) for e in ([data] if isinstance(data, dict) else data)]
 
 
 def _neutral(sp: dict, name: str, rid: str):
@@ -236,14 +233,17 @@ def _record(rid, prompt, output, sp, max_tokens, stops, ignore_eos, eos, model, 
 
 def _import(entries, parse) -> Batch:
     records, errors = [], []
-    for n, e in enumerate(entries):
+    for n, (where, e) in enumerate(entries):
+        name = where or f"entry {n}"
         try:
-            records.append(parse(e, n))
+            if isinstance(e, RecordError):
+                raise e
+            records.append(parse(e, name))
         except RecordError as err:
             errors.append(err)
         except (KeyError, TypeError, AttributeError, IndexError) as err:
-            rid = e.get("request_id", f"entry {n}") if isinstance(e, dict) else f"entry {n}"
-            errors.append(RecordError(str(rid), None, f"unreadable entry: {err!r}"))
+            rid = e.get("request_id", name) if isinstance(e, dict) else name
+            errors.append(RecordError(str(rid), None, f"unreadable entry: {err!r}", where))
     return Batch(records, errors)
 
 
@@ -256,10 +256,10 @@ def from_vllm(data, model: str, eos_token_id: int | None = None) -> Batch:
       the prompt as token ids ("prompt" or "prompt_token_ids"), the output as
       response.choices[0].token_ids (vLLM's return_token_ids).
     eos_token_id: added to the stop tokens unless ignore_eos (vLLM stops on it implicitly)."""
-    def parse(e, n):
+    def parse(e, name):
         if "request" in e and "response" in e:
             req, resp = e["request"], e["response"]
-            rid = str(resp.get("id") or req.get("request_id") or f"entry {n}")
+            rid = str(resp.get("id") or req.get("request_id") or name)
             ch = resp["choices"]
             if len(ch) != 1:
                 raise RecordError(rid, "params.n", f"{len(ch)} choices; one per request is "
@@ -295,11 +295,11 @@ def from_sglang(data, model: str, eos_token_id: int | None = None) -> Batch:
     or the same keys flattened into one object. SGLang's own sampler is not replayed here
     (meta.sampler = "sglang"): score these records with rank / probability policies, or with
     score_stock if the deployment ran the vLLM-style exponential race."""
-    def parse(e, n):
+    def parse(e, name):
         req = e.get("request", e)
         resp = e.get("response", e)
         mi = resp.get("meta_info", {})
-        rid = str(req.get("rid") or mi.get("id") or e.get("request_id") or f"entry {n}")
+        rid = str(req.get("rid") or mi.get("id") or e.get("request_id") or name)
         sp = dict(req.get("sampling_params", {}))
         if "sampling_seed" in sp:
             sp["seed"] = sp.pop("sampling_seed")

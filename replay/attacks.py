@@ -36,6 +36,7 @@ from replay import sampling
 from replay.engine import Engine, Request, seeded_sampler
 from replay.model import Model
 from replay.records import Record, SamplingParams
+from replay.verify import Options, teacher_forced
 
 
 def split(n_bits: int, n_records: int) -> list[tuple[int, int]]:
@@ -52,30 +53,10 @@ def split(n_bits: int, n_records: int) -> list[tuple[int, int]]:
 def teacher_forced_logits(model: Model, records: list[Record], token_budget: int = 4096
                           ) -> list[torch.Tensor]:
     """Per record, the logits rows [len(output), V] of its output positions (the receiver's view:
-    one teacher-forced pass over prompt + output, bitwise the engine's rows)."""
-    out, pack, used = [], [], 0
-
-    def run(pack):
-        seqs = [r.prompt + r.output[:-1] for r in pack]
-        for r, l in zip(pack, model(seqs)):
-            out.append(l[len(r.prompt) - 1:])
-
-    for r in records:
-        if not r.output:
-            if pack:
-                run(pack)
-                pack, used = [], 0
-            out.append(torch.empty(0, model.cfg.vocab_size))
-            continue
-        n = len(r.prompt) + len(r.output) - 1
-        if pack and used + n > token_budget:
-            run(pack)
-            pack, used = [], 0
-        pack.append(r)
-        used += n
-    if pack:
-        run(pack)
-    return out
+    replay.verify's teacher-forced pass over prompt + output, bitwise the engine's rows)."""
+    chunks = [l for _, l in teacher_forced(model, records, Options(token_budget=token_budget))]
+    rows = torch.cat(chunks) if chunks else torch.empty(0, model.cfg.vocab_size)
+    return list(torch.split(rows, [len(r.output) for r in records]))
 
 
 def _sample_one(row: torch.Tensor, p: SamplingParams, position: int) -> int:
@@ -411,6 +392,3 @@ class SubstitutionAttack(Attack):
                 out.append(int(tok == alt))
         return out
 
-
-ATTACKS = {c.name: c for c in (RankAttack, ArithmeticAttack, SeedGrindAttack, LengthAttack,
-                               SubstitutionAttack)}

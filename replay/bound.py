@@ -37,30 +37,9 @@ def _rowwise(logits, params_rows, positions, chunk=CHUNK):
         yield a, b, logits[a:b], {k: v[a:b] for k, v in p.items()}, pos[a:b]
 
 
-def _mask(l, p, pos, policy: Policy) -> torch.Tensor:
-    """BoolTensor [m, V] of accepted tokens for rows l [m, V]."""
-    m, V = l.shape
-    if policy.kind == "exact":
-        # the sampler's choice: one token per position
-        from replay import sampling
-        choice = sampling.sample(l, p["temperature"], p["top_k"], p["top_p"], p["seed"], pos)
-        return torch.nn.functional.one_hot(choice, V).bool()
-    if policy.kind == "top_k":
-        kth = torch.topk(l, min(policy.k, V), dim=1).values[:, -1:]
-        return l >= kth  # rank #{l_i > l_c} < k  <=>  l_c >= the k-th largest value
-    kept = S.kept_mask(l, p, pos)
-    if policy.kind == "prob_threshold":
-        return S.sample_probs(l, p, pos, kept) >= policy.p_min
-    if policy.score == "ipt":
-        probs = S.sample_probs(l, p, pos, kept)
-        u = S.ipt_uniform(p["seed"], pos)
-        return S.ipt_all(probs, u, policy.sigma) > policy.gls_threshold
-    return gls(S.margins(l, p, pos, kept), policy.sigma) > policy.gls_threshold
-
-
 def accepted_masks(logits: torch.Tensor, params_rows, positions, policy: Policy) -> torch.Tensor:
     """BoolTensor [n, V]: the tokens the policy would accept at each position."""
-    return torch.cat([_mask(l, p, pos, policy)
+    return torch.cat([policy.mask(l, p, pos)
                       for _, _, l, p, pos in _rowwise(logits, params_rows, positions)]) \
         if len(logits) else torch.zeros(0, logits.shape[1], dtype=torch.bool)
 
@@ -77,7 +56,7 @@ def accepted_sizes(logits: torch.Tensor, params_rows, positions, policy: Policy
     """LongTensor [n]: |A_t|, the number of tokens the policy would accept at each position."""
     out = torch.empty(logits.shape[0], dtype=torch.int64)
     for a, b, l, p, pos in _rowwise(logits, params_rows, positions):
-        out[a:b] = _mask(l, p, pos, policy).sum(1)
+        out[a:b] = policy.mask(l, p, pos).sum(1)
     return out
 
 
@@ -116,9 +95,10 @@ def capacity(sizes: torch.Tensor, vocab_size: int, accepted_honest: torch.Tensor
     bits = torch.where(acc, torch.log2(sizes.clamp_min(1).double()), logV)
     sus = torch.zeros(n, dtype=torch.bool)
     if suspicious_honest is not None:
+        sus = ~acc & torch.as_tensor(suspicious_honest, dtype=torch.bool)
+    if sus.any():
         if rank_threshold is None:
             raise ValueError("two-step charging needs rank_threshold")
-        sus = ~acc & torch.as_tensor(suspicious_honest, dtype=torch.bool)
         bits = torch.where(sus, math.log2(min(rank_threshold + 1, vocab_size)), bits)
     hidden = float(bits.sum())
     channel = n * logV
@@ -138,35 +118,33 @@ def bound(report, records, policy: Policy | None = None, two_step: bool = False)
     """The bound for a Report made with keep_logits=True, under `policy` (default: the report's).
     records: the verified records (for their sampling parameters). The honest tokens are the
     report's tokens; accepted when the policy accepts them (recomputed for a policy other than
-    the report's, from the report's score columns)."""
+    the report's, from the report's score columns). two_step: the policy's suspicious tokens
+    are charged log2(rank_threshold + 1) bits (Policy.suspicious, as its verdicts say)."""
+    from replay.verify import ReplayScorer
+
     policy = policy or report.policy
-    by_id = {r.request_id: r for r in records}
     t = report.tokens
-    ids = t["request_id"]
-    rows, params, pos, starts = [], [], [], {}
-    for i, rid in enumerate(ids):
-        if rid not in starts:
-            starts[rid] = i
-        rows.append(report.logits[rid][i - starts[rid]])
-        params.append(by_id[rid].params)
-        pos.append(t["position"][i])
-    V = report.vocab_size
-    logits = torch.stack(rows) if rows else torch.zeros(0, V)
-    sizes = accepted_sizes(logits, params, pos, policy)
+    logits, params = report.rows(records)
+    sizes = accepted_sizes(logits, params, t["position"], policy)
     sc = {k: torch.tensor(t[k]) for k in ("exact", "rank", "margin")}
-    if policy.needs_rows:
-        sc.update(S.row_scores(logits, params, pos, t["token"],
-                               policy.sigma if policy.score == "ipt" else None))
+    sc.update(ReplayScorer.row_columns(logits, params, t["position"], t["token"], policy))
     acc = policy.accepts(sc)
-    sus = (sc["rank"] <= policy.rank_threshold) if two_step else None
-    return capacity(sizes, V, acc, sus, policy.rank_threshold if two_step else None)
+    sus = policy.suspicious(sc) if two_step else None
+    return capacity(sizes, report.vocab_size, acc, sus, policy.rank_threshold)
 
 
-def _gls_rows(logits, params_rows, positions, sigma):
-    """Per chunk: (a, b, gls of every token sorted ascending [m, V] float64)."""
+def gls_sizes(logits: torch.Tensor, params_rows, positions, thresholds, sigma: float = 1.0
+              ) -> torch.Tensor:
+    """LongTensor [len(thresholds), n]: |A_t| of the gls policy at each threshold, the tokens c
+    with gls(margin_c) > threshold."""
+    thr = torch.tensor(list(thresholds), dtype=torch.float64)
+    sizes = torch.empty(len(thr), logits.shape[0], dtype=torch.int64)
     for a, b, l, p, pos in _rowwise(logits, params_rows, positions):
-        g = gls(S.margins(l, p, pos), sigma)
-        yield a, b, torch.sort(g, dim=1).values
+        g = torch.sort(gls(S.margins(l, p, pos), sigma), dim=1).values      # [m, V] ascending
+        # tokens with gls > thr: V - #(gls <= thr)
+        le = torch.searchsorted(g, thr[None, :].expand(b - a, -1).contiguous(), right=True)
+        sizes[:, a:b] = (g.shape[1] - le).T
+    return sizes
 
 
 def sweep(logits: torch.Tensor, params_rows, positions, margins_honest: torch.Tensor,
@@ -175,22 +153,18 @@ def sweep(logits: torch.Tensor, params_rows, positions, margins_honest: torch.Te
     """[(threshold, fpr, fraction)] for the gls policy at each threshold: fpr over the honest
     tokens (margins_honest [n], the verifier's margin column), fraction of the channel charged by
     `capacity`. With ranks_honest and rank_threshold, two-step charging."""
-    thr = torch.tensor(list(thresholds), dtype=torch.float64)
-    n = logits.shape[0]
-    sizes = torch.empty(len(thr), n, dtype=torch.int64)
-    for a, b, g in _gls_rows(logits, params_rows, positions, sigma):
-        # tokens with gls > thr: V - #(gls <= thr)
-        le = torch.searchsorted(g, thr[None, :].expand(b - a, -1).contiguous(), right=True)
-        sizes[:, a:b] = (g.shape[1] - le).T
-    gh = gls(torch.as_tensor(margins_honest), sigma)
-    V = logits.shape[1]
+    if ranks_honest is not None and rank_threshold is None:
+        raise ValueError("two-step charging needs rank_threshold")
+    sizes = gls_sizes(logits, params_rows, positions, thresholds, sigma)
+    sc = {"margin": torch.as_tensor(margins_honest)}
+    sc["rank"] = (torch.zeros(len(sc["margin"]), dtype=torch.int64) if ranks_honest is None
+                  else torch.as_tensor(ranks_honest))
     out = []
-    for j, th in enumerate(thr.tolist()):
-        acc = gh > th
-        sus = (torch.as_tensor(ranks_honest) <= rank_threshold) if ranks_honest is not None \
-            else None
-        bd = capacity(sizes[j], V, acc, sus, rank_threshold if sus is not None else None)
-        out.append((th, bd.fpr, bd.fraction))
+    for j, th in enumerate(thresholds):
+        pol = Policy.tolerant(th, rank_threshold or 0, sigma)
+        sus = pol.suspicious(sc) if ranks_honest is not None else None
+        bd = capacity(sizes[j], logits.shape[1], pol.accepts(sc), sus, pol.rank_threshold)
+        out.append((float(th), bd.fpr, bd.fraction))
     return out
 
 

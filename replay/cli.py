@@ -81,20 +81,23 @@ def cmd_generate(a) -> int:
     return 0
 
 
-def _policy(a):
+# --policy name -> its Policy from (the Policy class, the parsed arguments)
+POLICIES = {
+    "exact": lambda P, a: P.exact(),
+    "tolerant": lambda P, a: P.tolerant(a.gls_threshold, a.rank_threshold, a.sigma),
+    "prob": lambda P, a: P.prob_threshold(a.p_min),
+    "top-k": lambda P, a: P.top_k(a.accept_top_k),
+}
+
+
+def _options(a):
+    """The verifier's Options from the policy arguments (_policy_args)."""
     from replay.policy import Policy
+    from replay.verify import Options
 
-    if a.policy == "tolerant":
-        return Policy.tolerant(a.gls_threshold, a.rank_threshold, a.sigma)
-    if a.policy == "prob":
-        return Policy.prob_threshold(a.p_min)
-    if a.policy == "top-k":
-        return Policy.top_k(a.accept_top_k)
-    return Policy.exact()
-
-
-def _seed_key(a) -> bytes | None:
-    return a.seed_key.encode() if a.seed_key else None
+    kw = {} if a.token_budget is None else {"token_budget": a.token_budget}
+    return Options(POLICIES[a.policy](Policy, a), check_model=not a.no_model_check,
+                   seed_key=a.seed_key.encode() if a.seed_key else None, **kw)
 
 
 def cmd_verify(a) -> int:
@@ -104,11 +107,7 @@ def cmd_verify(a) -> int:
         return _verify_ray(a)
     if len(a.records) != 1:
         raise SystemExit("replay verify: several record paths need --ray (or pass a folder)")
-    model = _model(a.model)
-    policy = _policy(a)
-    report = verify(a.records[0], model=model, policy=policy, token_budget=a.token_budget,
-                    check_model=not a.no_model_check, progress=not a.quiet,
-                    seed_key=_seed_key(a))
+    report = verify(a.records[0], _model(a.model), options=_options(a), progress=not a.quiet)
     print(report.summary(max_lines=a.show))
     if a.out:
         report.write(a.out)
@@ -125,9 +124,7 @@ def _verify_ray(a) -> int:
                          "re-run resumes from)")
     try:
         res = verify_fleet(a.records, a.model or replay.TINY_MODEL, a.out, address=a.ray,
-                           workers=a.workers, policy=_policy(a), token_budget=a.token_budget,
-                           check_model=not a.no_model_check, num_cpus=a.num_cpus,
-                           seed_key=_seed_key(a))
+                           workers=a.workers, options=_options(a), num_cpus=a.num_cpus)
     except FleetIncomplete as e:
         print(f"replay verify --ray: incomplete: {e}", file=sys.stderr)
         return 2
@@ -139,13 +136,12 @@ def cmd_watch(a) -> int:
     import replay
     from replay.watch import Watcher
 
-    w = Watcher(a.dir, a.out, model=a.model or replay.TINY_MODEL, policy=_policy(a),
-                token_budget=a.token_budget, check_model=not a.no_model_check,
-                alarm_cmd=a.alarm_cmd, settle=a.settle, quiet=a.quiet, seed_key=_seed_key(a))
+    w = Watcher(a.dir, a.out, model=a.model or replay.TINY_MODEL, options=_options(a),
+                alarm_cmd=a.alarm_cmd, settle=a.settle, quiet=a.quiet)
     return w.run(once=a.once, interval=a.interval, exit_on_alarm=a.exit_on_alarm)
 
 
-def _load_report(src: str, model, policy, token_budget: int, seed_key: bytes | None = None):
+def _load_report(src: str, model, options):
     """A report folder (Report.write) as it was, or records verified now with their logits
     kept (so that the bound and the sweep can be computed); (report, records or None)."""
     from replay.records import Batch
@@ -154,18 +150,18 @@ def _load_report(src: str, model, policy, token_budget: int, seed_key: bytes | N
     if os.path.isdir(src) and os.path.exists(os.path.join(src, "report.json")):
         import pandas as pd
         from replay.policy import Policy
-        from replay.report import Report
+        from replay.report import RecordResult, Report
 
         with open(os.path.join(src, "report.json")) as f:
             d = json.load(f)
-        rep = Report(policy=Policy(**d["policy"]), model=d["model"],
-                     vocab_size=model.cfg.vocab_size, records=d["records"])
+        rep = Report(policy=Policy.from_dict(d["policy"]), model=d["model"],
+                     vocab_size=model.cfg.vocab_size,
+                     records=[RecordResult(**r) for r in d["records"]])
         t = pd.read_parquet(os.path.join(src, "tokens.parquet"))
         rep.tokens = {k: t[k].tolist() for k in t.columns}
         return rep, None
     recs = Batch.read(src)
-    return verify(recs, model=model, policy=policy, token_budget=token_budget,
-                  keep_logits=True, seed_key=seed_key), recs.records
+    return verify(recs, model, options=options, keep_logits=True), recs.records
 
 
 def cmd_report(a) -> int:
@@ -173,13 +169,12 @@ def cmd_report(a) -> int:
 
     from replay import bound
 
-    model = _model(a.model)
-    policy = _policy(a)
-    rep, recs = _load_report(a.source, model, policy, a.token_budget, _seed_key(a))
+    model, opts = _model(a.model), _options(a)
+    rep, recs = _load_report(a.source, model, opts)
     attacked = {}
     for src in a.attacked or []:
         label = os.path.basename(os.path.normpath(src)).rsplit(".", 1)[0]
-        attacked[label] = _load_report(src, model, policy, a.token_budget, _seed_key(a))
+        attacked[label] = _load_report(src, model, opts)
     os.makedirs(a.out, exist_ok=True)
     paths = rep.plot(a.out, attacked={k: r for k, (r, _) in attacked.items()}, records=recs)
     logV = math.log2(model.cfg.vocab_size)
@@ -194,7 +189,7 @@ def cmd_report(a) -> int:
         hid = frac = per_day = "n/a (no logits)"
         if r is not rep:  # the bound is the honest traffic's: attacked rows show detection
             hid = frac = per_day = "-"
-        elif rr is not None and r.policy.kind == "exact":
+        elif rr is not None and r.policy.single:
             hid, frac, per_day = "0", "0%", "0"
         elif rr is not None:
             b = bound.bound(r, rr)
@@ -215,7 +210,7 @@ def cmd_report(a) -> int:
 
 
 def _policy_args(v):
-    v.add_argument("--policy", choices=["exact", "tolerant", "prob", "top-k"], default="exact",
+    v.add_argument("--policy", choices=list(POLICIES), default="exact",
                    help="exact: the token must be the sampler's choice (engines running replay's "
                         "kernels); tolerant: Gumbel-likelihood score above --gls-threshold, else "
                         "suspicious up to --rank-threshold; prob: probability >= --p-min; top-k: "
@@ -228,8 +223,8 @@ def _policy_args(v):
     v.add_argument("--accept-top-k", type=int, default=8, help="--policy top-k: accepted ranks")
     v.add_argument("--seed-key", help="the logger's key: every seed must be "
                                       "HMAC-SHA256(key, request_id), else the record fails")
-    v.add_argument("--token-budget", type=int, default=4096,
-                   help="teacher-forced tokens per forward pass")
+    v.add_argument("--token-budget", type=int,
+                   help="teacher-forced tokens per forward pass (default 4096)")
     v.add_argument("--no-model-check", action="store_true",
                    help="do not reject records whose 'model' field differs from this model")
 

@@ -21,7 +21,7 @@ import torch
 
 from replay import sampling
 from replay.model import Model, Varlen
-from replay.records import Record, SamplingParams
+from replay.records import Record, RecordError, SamplingParams
 
 
 @dataclass
@@ -69,7 +69,8 @@ class Engine:
                  the buffer does not matter); otherwise lowest free slot first
     sampler:     optional replacement of the seeded sampler, called as
                  sampler(logits [M, V], requests [M], positions [M]) -> LongTensor [M]
-                 (a stock engine's sampler, or a compromised one in replay.attacks)
+                 (a stock engine's sampler, or a compromised one in replay.attacks); if it
+                 has release(request_id), that is called when the request finishes
     """
 
     def __init__(self, model: Model, max_batch: int = 32, chunk_size: int = 256,
@@ -92,29 +93,23 @@ class Engine:
         self._running: list[_Seq] = []
         self.step_count = 0
         self.logits: dict[str, torch.Tensor] = {}  # request_id -> (n_output, vocab), keep_logits
-        # What the runs varied, so that tests can check they did: sequences per forward
+        # What the runs varied, so that tests can check they did, per forward pass: sequences
         # (batch_sizes), prompt chunks that left part of their prompt for a later step
         # (prompt_splits), sequences a step_tokens cap cut short or left out (capped), and
         # admissions into a slot other than the lowest free one (off_lowest).
-        self.stats = {"steps": 0, "tokens_in": 0, "tokens_out": 0, "batch_sizes": [],
-                      "prompt_splits": 0, "capped": 0, "off_lowest": 0}
+        self.stats = {"tokens_in": 0, "tokens_out": 0, "batch_sizes": [], "prompt_splits": 0,
+                      "capped": 0, "off_lowest": 0}
 
     # -- requests -------------------------------------------------------------------------------
 
     def add(self, req: Request):
-        V = self.model.cfg.vocab_size
-        where = f"request {req.request_id!r}"
-        if not req.prompt:
-            raise ValueError(f"{where}: prompt is empty")
-        bad = [t for t in req.prompt if not 0 <= t < V]
-        if bad:
-            raise ValueError(f"{where}: prompt token {bad[0]} is outside the vocabulary (0..{V - 1})")
+        """Queue a request; raise RecordError (a ValueError) naming it and the bad field, with the
+        checks and messages of the records it will become (Record.validate)."""
+        Record(req.request_id, req.prompt, [], req.params, req.max_tokens, req.stop_token_ids,
+               self.model.identity).validate(self.model.cfg.vocab_size, self.max_seq_len)
         if len(req.prompt) >= self.max_seq_len:
-            raise ValueError(f"{where}: prompt of {len(req.prompt)} tokens leaves no room in a "
-                             f"{self.max_seq_len}-token context")
-        if req.max_tokens < 0:
-            raise ValueError(f"{where}: max_tokens is negative ({req.max_tokens})")
-        req.params.validate(where)
+            raise RecordError(req.request_id, "prompt", f"{len(req.prompt)} tokens leave no room "
+                              f"for an output in a {self.max_seq_len}-token context")
         self._waiting.append(req)
 
     @property
@@ -145,6 +140,16 @@ class Engine:
     def step(self) -> list[Record]:
         """Admit arrivals, run one packed forward pass, sample; returns the finished records."""
         done = self._admit()
+        seqs, chunks = self._schedule()
+        self.step_count += 1
+        if seqs:
+            ready, logits = self._forward(seqs, chunks)
+            done += self._sample(ready, logits)
+        return done
+
+    def _schedule(self) -> tuple[list[_Seq], list[list[int]]]:
+        """The running sequences of this step and the tokens each runs: its next prompt chunk
+        (at most chunk_size tokens) or its one decode token, within step_tokens."""
         chunks, seqs, budget = [], [], self.step_tokens
         for j, seq in enumerate(self._running):
             n = min(len(seq.tokens) - seq.computed, self.chunk_size)
@@ -158,41 +163,48 @@ class Engine:
             self.stats["prompt_splits"] += seq.computed + n < len(seq.req.prompt)
             chunks.append(seq.tokens[seq.computed: seq.computed + n])
             seqs.append(seq)
-        self.step_count += 1
-        if not seqs:
-            return done
+        return seqs, chunks
+
+    def _forward(self, seqs: list[_Seq], chunks: list[list[int]]):
+        """One forward pass over the chunks, writing their keys and values into each sequence's
+        slot; (the sequences whose prompt is now fully in the buffer, their next-token logits)."""
         batch = Varlen.make(chunks, [s.computed for s in seqs],
                             [s.slot * self.max_seq_len for s in seqs])
-        hidden = self.model.forward(batch, self.kv)
+        hidden = self.model.forward(batch, self.kv)                          # (T, hidden)
         ready = []
         for i, (seq, chunk) in enumerate(zip(seqs, chunks)):
             seq.computed += len(chunk)
             if seq.computed == len(seq.tokens):  # caught up: the last row predicts a new token
-                ready.append((i, seq))
-        self.stats["steps"] += 1
+                ready.append(i)
         self.stats["tokens_in"] += len(batch.tokens)
         self.stats["batch_sizes"].append(len(seqs))
-        if ready:
-            rows = batch.last_rows()[[i for i, _ in ready]]
-            logits = self.model.logits(hidden[rows])
-            toks = self.sampler(logits, [s.req for _, s in ready],
-                                [len(s.tokens) for _, s in ready])
-            for j, (_, seq) in enumerate(ready):
-                tok = int(toks[j])
-                seq.tokens.append(tok)
-                if self.keep_logits:
-                    seq.logits.append(logits[j].clone())
-                self.stats["tokens_out"] += 1
-                if tok in seq.req.stop_token_ids:
-                    done.append(self._finish(seq, "stop"))
-                elif len(seq.output) >= seq.max_tokens:
-                    done.append(self._finish(seq, "length"))
+        logits = self.model.logits(hidden[batch.last_rows()[ready]]) if ready else None
+        return [seqs[i] for i in ready], logits                              # (R, vocab)
+
+    def _sample(self, ready: list[_Seq], logits) -> list[Record]:
+        """Sample each ready sequence's next token; the records of those that finish."""
+        if not ready:
+            return []
+        toks = self.sampler(logits, [s.req for s in ready], [len(s.tokens) for s in ready])
+        done = []
+        for j, seq in enumerate(ready):
+            tok = int(toks[j])
+            seq.tokens.append(tok)
+            if self.keep_logits:
+                seq.logits.append(logits[j].clone())
+            self.stats["tokens_out"] += 1
+            if tok in seq.req.stop_token_ids:
+                done.append(self._finish(seq, "stop"))
+            elif len(seq.output) >= seq.max_tokens:
+                done.append(self._finish(seq, "length"))
         return done
 
     def _finish(self, seq: _Seq, reason: str) -> Record:
         if seq in self._running:
             self._running.remove(seq)
         self._free.append(seq.slot)
+        if hasattr(self.sampler, "release"):  # a sampler with per-request state
+            self.sampler.release(seq.req.request_id)
         if self.keep_logits:
             V = self.model.cfg.vocab_size
             self.logits[seq.req.request_id] = (torch.stack(seq.logits) if seq.logits

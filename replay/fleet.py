@@ -30,32 +30,15 @@ import os
 import time
 from dataclasses import dataclass
 
-from replay.records import JSONL_SUFFIXES, PARQUET_SUFFIXES, Batch, Record, RecordError
+from replay.records import Batch, Record, RecordError, list_shards
+from replay.report import COLUMNS, RecordResult
+from replay.verify import Options, cost, packs, verify
 
-ROW_COLUMNS = ("key", "shard", "ordinal", "request_id", "verdict", "reason", "field", "n_tokens",
-               "n_exact", "n_suspicious", "n_dangerous", "first_failure", "termination")
+ROW_COLUMNS = ("key", "shard", "ordinal") + COLUMNS
 
 
 class FleetIncomplete(RuntimeError):
     """The run stopped before every record had a result; run it again to resume."""
-
-
-def list_shards(paths) -> list[str]:
-    """Record shards: files as given, folders expanded to their sorted *.jsonl / *.parquet files
-    (hidden files and *.tmp skipped), in the order a single-process Batch.read would use."""
-    out = []
-    for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
-        p = os.fspath(p)
-        if os.path.isdir(p):
-            out += sorted(os.path.join(p, f) for f in os.listdir(p)
-                          if f.endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES) and not f.startswith("."))
-        elif os.path.exists(p):
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
-    if not out:
-        raise FileNotFoundError(f"{paths}: no *.jsonl or *.parquet shards")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,37 +46,24 @@ def list_shards(paths) -> list[str]:
 
 def _error_item(e: Exception, path: str) -> dict:
     loc = getattr(e, "location", None) or path
-    return {"key": "!" + loc, "error": {"record": getattr(e, "record", None) or loc,
-                                        "field": getattr(e, "field", None), "reason": str(e)}}
+    return {"key": "!" + loc, "error": RecordResult.error(e, loc).to_dict(), "cost": 0}
 
 
 def shard_items(path: str) -> list[dict]:
-    """Every input item of one shard, in order: {"key", "record"} or {"key", "error"}. An
+    """Every input item of one shard, in order: {"key", "record", "cost"} or {"key", "error"}. An
     unreadable shard is one error item naming the file; a bad line or row names file:line."""
     try:
-        b = Batch.from_jsonl(path) if path.endswith(JSONL_SUFFIXES) else Batch.from_parquet(path)
+        b = Batch.read_shard(path)
     except (RecordError, OSError, ValueError) as e:
         return [_error_item(e, path)]
-    items = [{"key": f"{path}#{r.request_id}", "record": r.to_dict()} for r in b.records]
+    items = [{"key": f"{path}#{r.request_id}", "record": r.to_dict(), "cost": cost(r)}
+             for r in b.records]
     return items + [_error_item(e, path) for e in b.errors]
 
 
-def _cost(item: dict) -> int:
-    r = item.get("record")
-    return len(r["prompt"]) + max(len(r["output"]) - 1, 0) if r else 0
-
-
 def pack_items(items: list[dict], token_budget: int) -> list[list[dict]]:
-    """Consecutive groups of at most token_budget teacher-forced tokens (a longer record alone)."""
-    packs, cur, used = [], [], 0
-    for it in items:
-        n = _cost(it)
-        if cur and used + n > token_budget:
-            packs.append(cur)
-            cur, used = [], 0
-        cur.append(it)
-        used += n
-    return packs + [cur] if cur else packs
+    """replay.verify.packs over shard items (an error item costs nothing)."""
+    return list(packs(items, token_budget, cost=lambda it: it["cost"]))
 
 
 def _digest(s: str) -> str:
@@ -147,39 +117,25 @@ def load_model(spec, device: str = "cpu"):
     return m.to(device) if device != "cpu" else m
 
 
-def verify_pack(model, pack: list[dict], shard: str, policy, token_budget: int,
-                check_model: bool, seed_key: bytes | None = None) -> list[dict]:
+def verify_pack(model, pack: list[dict], shard: str, options: Options) -> list[dict]:
     """Result rows (ROW_COLUMNS) of one pack, one per item, in the pack's order."""
-    from replay.verify import verify
-
     recs, by_rid, rows = [], {}, {}
     for it in pack:
         if "error" in it:
-            e = it["error"]
-            rows[it["key"]] = _row(it, shard, e["record"], "error", e["reason"], e["field"])
+            rows[it["key"]] = _row(it, shard, RecordResult(**it["error"]))
             continue
-        try:
-            r = Record.from_dict(it["record"])
-        except RecordError as e:  # cannot happen for items that shard_items wrote
-            rows[it["key"]] = _row(it, shard, e.record, "error", str(e), e.field)
-            continue
+        r = Record.from_dict(it["record"])  # shard_items wrote it from a valid Record
         recs.append(r)
         by_rid[r.request_id] = it
     if recs:
-        rep = verify(recs, model=model, policy=policy, token_budget=token_budget,
-                     check_model=check_model, seed_key=seed_key)
-        for rr in rep.records:
-            it = by_rid[rr["request_id"]]
-            rows[it["key"]] = {**_row(it, shard, rr["request_id"], rr["verdict"], rr["reason"],
-                                      rr["field"]),
-                               **{k: rr[k] for k in ROW_COLUMNS[7:]}}
+        for res in verify(recs, model, options=options).records:
+            it = by_rid[res.request_id]
+            rows[it["key"]] = _row(it, shard, res)
     return [rows[it["key"]] for it in pack]
 
 
-def _row(it, shard, rid, verdict, reason, fld) -> dict:
-    return {"key": it["key"], "shard": shard, "ordinal": it["ordinal"], "request_id": rid,
-            "verdict": verdict, "reason": reason, "field": fld, "n_tokens": 0, "n_exact": 0,
-            "n_suspicious": 0, "n_dangerous": 0, "first_failure": None, "termination": None}
+def _row(it, shard, res: RecordResult) -> dict:
+    return {"key": it["key"], "shard": shard, "ordinal": it["ordinal"], **res.to_dict()}
 
 
 def _write_rows(path: str, rows: list[dict]):
@@ -193,15 +149,13 @@ def _write_rows(path: str, rows: list[dict]):
 class _Verifier:
     """Ray Data actor: holds the model; one call verifies packs and writes their rows."""
 
-    def __init__(self, model, device, policy, token_budget, check_model, out, threads,
-                 seed_key=None):
+    def __init__(self, model, device, options: Options, out, threads):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         self.model = load_model(model, device)
-        self.policy, self.budget, self.check = policy, token_budget, check_model
-        self.seed_key = seed_key
+        self.options = options
         self.parts = os.path.join(out, "parts")
         open(os.path.join(out, "workers", str(os.getpid())), "w").close()  # who to kill, in tests
 
@@ -209,8 +163,7 @@ class _Verifier:
         n, tok = [], []
         for shard, pack in zip(batch["shard"], batch["pack"]):
             pack = json.loads(pack)
-            rows = verify_pack(self.model, pack, str(shard), self.policy, self.budget, self.check,
-                               self.seed_key)
+            rows = verify_pack(self.model, pack, str(shard), self.options)
             name = _digest("\n".join(it["key"] for it in pack))
             _write_rows(os.path.join(self.parts, f"part-{name}.parquet"), rows)
             n.append(len(rows))
@@ -263,13 +216,11 @@ def merge(out: str, shards: list[str]):
         if v == "error" or rid is None:
             continue
         if rid in first and first[rid] != sh:
-            df.iloc[i, df.columns.get_loc("verdict")] = "error"
-            df.iloc[i, df.columns.get_loc("field")] = "request_id"
-            df.iloc[i, df.columns.get_loc("reason")] = str(RecordError(
+            dup = RecordResult.error(RecordError(
                 rid, "request_id", f"duplicate request_id in the batch (first at {first[rid]})",
                 sh))
-            for c in ROW_COLUMNS[7:11]:
-                df.iloc[i, df.columns.get_loc(c)] = 0
+            for c, x in dup.to_dict().items():
+                df.iloc[i, df.columns.get_loc(c)] = x
         first.setdefault(rid, sh)
     return df.reset_index(drop=True)
 
@@ -312,10 +263,9 @@ class FleetResult:
 
 
 def verify_fleet(shards, model, out: str, address: str = "local", workers: int | None = None,
-                 policy=None, token_budget: int = 4096, check_model: bool = True,
-                 device: str | None = None, num_cpus: int | None = None,
-                 threads_per_worker: int = 1, stop_after: int | None = None,
-                 seed_key: bytes | None = None) -> FleetResult:
+                 policy=None, *, options: Options | None = None, device: str | None = None,
+                 num_cpus: int | None = None, threads_per_worker: int = 1,
+                 stop_after: int | None = None, **settings) -> FleetResult:
     """Verify every record of `shards` (files or folders) on a Ray cluster; resumable.
 
     model:      a model directory (each actor loads it), a Model, or a callable returning one
@@ -324,13 +274,11 @@ def verify_fleet(shards, model, out: str, address: str = "local", workers: int |
                 Ray address; if Ray is already initialised in this process, that cluster is used
     workers:    actors (default: one per GPU with device "cuda", else one per CPU)
     stop_after: stop after this many packs (FleetIncomplete): a crash, for tests
-    seed_key:   the logger's HMAC key: seeds must be derive_seed(seed_key, request_id)
+    policy, options, settings: the verifier's settings, as for replay.verify (Options)
     """
     import ray
 
-    from replay.policy import Policy
-
-    policy = policy or Policy.exact()
+    opts = Options.of(options, policy, **settings)
     shards = list_shards(shards)
     for d in ("parts", "shards", "workers"):
         os.makedirs(os.path.join(out, d), exist_ok=True)
@@ -361,12 +309,11 @@ def verify_fleet(shards, model, out: str, address: str = "local", workers: int |
         n = workers or max(1, int(res.get("GPU", 0) if device == "cuda" else res.get("CPU", 1)))
         ds = ray.data.from_items([{"shard": s, "order": i} for i, s in enumerate(shards)])
         # num_cpus=0: reading is light, and must not wait behind actors that hold every CPU
-        ds = ds.flat_map(_Reader, fn_constructor_args=(out, done, token_budget), num_cpus=0,
+        ds = ds.flat_map(_Reader, fn_constructor_args=(out, done, opts.token_budget), num_cpus=0,
                          compute=ray.data.ActorPoolStrategy(size=1))
         ds = ds.map_batches(
             _Verifier, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n),
-            fn_constructor_args=(model, device, policy, token_budget, check_model, out,
-                                 threads_per_worker, seed_key),
+            fn_constructor_args=(model, device, opts, out, threads_per_worker),
             # the C++ kernels' OpenMP threads: one actor per CPU must not use every core
             runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads_per_worker)}},
             **per)  # Ray Data's actor pools restart dead actors and retry their packs
@@ -384,5 +331,5 @@ def verify_fleet(shards, model, out: str, address: str = "local", workers: int |
                   lambda p: rows.to_parquet(p, index=False))
     _atomic_write(os.path.join(out, "report.json"),
                   lambda p: _dump(p, {"counts": result.counts, "shards": shards,
-                                      "policy": policy.__dict__, "ok": result.ok}))
+                                      "policy": opts.policy.to_dict(), "ok": result.ok}))
     return result

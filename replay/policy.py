@@ -12,15 +12,26 @@
 - top_k: accept tokens of raw-logit rank < k (rank = #{i : l_i > l_c}).
 
 Tokens that a policy does not accept are "dangerous" (tolerant: "suspicious" or "dangerous").
+
+Each policy is one class and owns all of its behaviour, so that adding a policy is adding a class:
+- `accepts(scores)` and `suspicious(scores)` on the score columns, from which `verdicts` follow;
+- `mask(logits, params, positions)`: the accepted set at each position, which the bound counts
+  (replay.bound) and the arithmetic-coding attacker codes in;
+- `needs`: the score columns beyond sampling.score's that it reads ("sample_prob", "ipt"), which a
+  Scorer (replay.verify) must provide;
+- `gls_sigma`: the sigma of the report's gls column; `single`: whether it accepts exactly one
+  token per position (then nothing can be hidden).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-KINDS = ("exact", "tolerant", "prob_threshold", "top_k")
+from replay import scores as S
 
 
 def gls(margin: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -28,78 +39,187 @@ def gls(margin: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.special.log_ndtr(-margin.double() / (math.sqrt(2.0) * sigma))
 
 
-@dataclass(frozen=True)
+def _column(scores: dict, name: str, policy: str) -> torch.Tensor:
+    if name not in scores:
+        raise ValueError(f"{policy} policy: scores lack {name!r} (compute them with "
+                         "replay.scores.row_scores, or a Scorer that provides it)")
+    return scores[name]
+
+
 class Policy:
-    kind: str = "exact"
-    gls_threshold: float = -5.0   # tolerant: threshold on the score (gls or ipt)
-    rank_threshold: int = 32      # tolerant: failing tokens of rank <= this are "suspicious"
-    sigma: float = 1.0            # tolerant: gls in logit units; ipt in probability units
-    p_min: float = 0.0            # prob_threshold
-    k: int = 1                    # top_k
-    score: str = "gls"            # tolerant: "gls" or "ipt"
+    """The base of the policies; build them with Policy.exact(), Policy.tolerant(...),
+    Policy.prob_threshold(p_min), Policy.top_k(k), or Policy.from_dict(report.json's policy)."""
+
+    kind: ClassVar[str] = ""
+    single: ClassVar[bool] = False     # accepts exactly one token per position
+    rank_threshold: ClassVar[int | None] = None  # two-step charging: see suspicious()
+    _kinds: ClassVar[dict[str, type]] = {}
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        Policy._kinds[cls.kind] = cls
+
+    @staticmethod
+    def exact() -> "Policy":
+        return Exact()
+
+    @staticmethod
+    def tolerant(gls_threshold: float = -5.0, rank_threshold: int = 32, sigma: float = 1.0,
+                 score: str = "gls") -> "Policy":
+        return Tolerant(gls_threshold, rank_threshold, sigma, score)
+
+    @staticmethod
+    def prob_threshold(p_min: float) -> "Policy":
+        return ProbThreshold(p_min)
+
+    @staticmethod
+    def top_k(k: int) -> "Policy":
+        return TopK(k)
 
     @classmethod
-    def exact(cls) -> "Policy":
-        return cls("exact")
+    def from_dict(cls, d: dict) -> "Policy":
+        """The policy of `to_dict` (report.json); fields that the kind does not have are ignored
+        (older reports wrote every policy's fields)."""
+        kind = d.get("kind", "exact")
+        if kind not in cls._kinds:
+            raise ValueError(f"unknown policy {kind!r}: expected one of {tuple(cls._kinds)}")
+        sub = cls._kinds[kind]
+        names = {f.name for f in dataclasses.fields(sub)}
+        return sub(**{k: v for k, v in d.items() if k in names})
 
-    @classmethod
-    def tolerant(cls, gls_threshold: float = -5.0, rank_threshold: int = 32,
-                 sigma: float = 1.0, score: str = "gls") -> "Policy":
-        return cls("tolerant", gls_threshold, rank_threshold, sigma, score=score)
-
-    @classmethod
-    def prob_threshold(cls, p_min: float) -> "Policy":
-        return cls("prob_threshold", p_min=p_min)
-
-    @classmethod
-    def top_k(cls, k: int) -> "Policy":
-        return cls("top_k", k=k)
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown policy {self.kind!r}: expected one of {KINDS}")
-        if self.kind == "tolerant":
-            if not self.sigma > 0:
-                raise ValueError(f"tolerant policy: sigma must be > 0, got {self.sigma}")
-            if self.score not in ("gls", "ipt"):
-                raise ValueError(f"tolerant policy: score must be 'gls' or 'ipt', got "
-                                 f"{self.score!r}")
-        if self.kind == "prob_threshold" and not 0 <= self.p_min <= 1:
-            raise ValueError(f"prob_threshold policy: p_min must be in [0, 1], got {self.p_min}")
-        if self.kind == "top_k" and not (isinstance(self.k, int) and self.k >= 1):
-            raise ValueError(f"top_k policy: k must be an integer >= 1, got {self.k!r}")
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
 
     @property
-    def needs_rows(self) -> bool:
-        """Whether verdicts need scores.row_scores (sample_prob, ipt) besides sampling.score."""
-        return self.kind == "prob_threshold" or (self.kind == "tolerant" and self.score == "ipt")
+    def needs(self) -> frozenset[str]:
+        """Score columns beyond sampling.score's that accepts() reads."""
+        return frozenset()
 
-    def tolerant_score(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The tolerant policy's score per token (gls from the margin, or the ipt column)."""
-        if self.score == "ipt":
-            if "ipt" not in scores:
-                raise ValueError("tolerant policy with score='ipt': scores lack 'ipt' "
-                                 "(compute them with replay.scores.row_scores)")
-            return scores["ipt"].double()
-        return gls(scores["margin"], self.sigma)
+    @property
+    def gls_sigma(self) -> float:
+        """Sigma of the report's gls column (the policy's own where it judges by gls)."""
+        return 1.0
+
+    @property
+    def gls_cut(self) -> float | None:
+        """The gls value at or below which the policy rejects, if it judges by gls."""
+        return None
 
     def accepts(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
         """BoolTensor: the tokens the policy accepts ('safe')."""
-        if self.kind == "exact":
-            return scores["exact"].bool()
-        if self.kind == "tolerant":
-            return self.tolerant_score(scores) > self.gls_threshold
-        if self.kind == "top_k":
-            return scores["rank"] < self.k
-        if "sample_prob" not in scores:
-            raise ValueError("prob_threshold policy: scores lack 'sample_prob' "
-                             "(compute them with replay.scores.row_scores)")
-        return scores["sample_prob"] >= self.p_min
+        raise NotImplementedError
+
+    def suspicious(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+        """BoolTensor: the tokens that are 'suspicious' if rejected (the bound's two-step
+        charging counts such an honest token log2(rank_threshold + 1) bits, not log2 V)."""
+        return torch.zeros(len(next(iter(scores.values()))), dtype=torch.bool)
 
     def verdicts(self, scores: dict[str, torch.Tensor]) -> list[str]:
         """Per token: 'safe', 'suspicious' or 'dangerous'."""
-        ok = self.accepts(scores).tolist()
-        if self.kind != "tolerant":
-            return ["safe" if a else "dangerous" for a in ok]
-        return ["safe" if a else ("suspicious" if r <= self.rank_threshold else "dangerous")
-                for a, r in zip(ok, scores["rank"].tolist())]
+        ok, sus = self.accepts(scores).tolist(), self.suspicious(scores).tolist()
+        return ["safe" if a else ("suspicious" if s else "dangerous") for a, s in zip(ok, sus)]
+
+    def mask(self, logits: torch.Tensor, params: dict, positions: list[int]) -> torch.Tensor:
+        """BoolTensor [m, V]: the tokens the policy would accept at each row of logits [m, V]
+        (params: per-row lists as replay.scores.rows gives them)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Exact(Policy):
+    kind: ClassVar[str] = "exact"
+    single: ClassVar[bool] = True
+
+    def accepts(self, scores):
+        return scores["exact"].bool()
+
+    def mask(self, logits, params, positions):
+        from replay import sampling
+
+        choice = sampling.sample(logits, params["temperature"], params["top_k"], params["top_p"],
+                                 params["seed"], positions)
+        return torch.nn.functional.one_hot(choice, logits.shape[1]).bool()
+
+
+@dataclass(frozen=True)
+class Tolerant(Policy):
+    kind: ClassVar[str] = "tolerant"
+    gls_threshold: float = -5.0   # threshold on the score (gls or ipt)
+    rank_threshold: int = 32      # failing tokens of rank <= this are "suspicious"
+    sigma: float = 1.0            # gls in logit units; ipt in probability units
+    score: str = "gls"            # "gls" or "ipt"
+
+    def __post_init__(self):
+        if not self.sigma > 0:
+            raise ValueError(f"tolerant policy: sigma must be > 0, got {self.sigma}")
+        if self.score not in ("gls", "ipt"):
+            raise ValueError(f"tolerant policy: score must be 'gls' or 'ipt', got {self.score!r}")
+
+    @property
+    def needs(self):
+        return frozenset({"ipt"}) if self.score == "ipt" else frozenset()
+
+    @property
+    def gls_sigma(self):
+        return self.sigma if self.score == "gls" else 1.0
+
+    @property
+    def gls_cut(self):
+        return self.gls_threshold if self.score == "gls" else None
+
+    def tolerant_score(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The score per token: gls from the margin, or the ipt column."""
+        if self.score == "ipt":
+            return _column(scores, "ipt", "tolerant (score='ipt')").double()
+        return gls(scores["margin"], self.sigma)
+
+    def accepts(self, scores):
+        return self.tolerant_score(scores) > self.gls_threshold
+
+    def suspicious(self, scores):
+        return torch.as_tensor(scores["rank"]) <= self.rank_threshold
+
+    def mask(self, logits, params, positions):
+        kept = S.kept_mask(logits, params, positions)
+        if self.score == "ipt":
+            probs = S.sample_probs(logits, params, positions, kept)
+            u = S.ipt_uniform(params["seed"], positions)
+            return S.ipt_all(probs, u, self.sigma) > self.gls_threshold
+        return gls(S.margins(logits, params, positions, kept), self.sigma) > self.gls_threshold
+
+
+@dataclass(frozen=True)
+class ProbThreshold(Policy):
+    kind: ClassVar[str] = "prob_threshold"
+    p_min: float = 0.0
+
+    def __post_init__(self):
+        if not 0 <= self.p_min <= 1:
+            raise ValueError(f"prob_threshold policy: p_min must be in [0, 1], got {self.p_min}")
+
+    @property
+    def needs(self):
+        return frozenset({"sample_prob"})
+
+    def accepts(self, scores):
+        return _column(scores, "sample_prob", "prob_threshold") >= self.p_min
+
+    def mask(self, logits, params, positions):
+        return S.sample_probs(logits, params, positions) >= self.p_min
+
+
+@dataclass(frozen=True)
+class TopK(Policy):
+    kind: ClassVar[str] = "top_k"
+    k: int = 1
+
+    def __post_init__(self):
+        if not (isinstance(self.k, int) and self.k >= 1):
+            raise ValueError(f"top_k policy: k must be an integer >= 1, got {self.k!r}")
+
+    def accepts(self, scores):
+        return scores["rank"] < self.k
+
+    def mask(self, logits, params, positions):
+        kth = torch.topk(logits, min(self.k, logits.shape[1]), dim=1).values[:, -1:]
+        return logits >= kth  # rank #{l_i > l_c} < k  <=>  l_c >= the k-th largest value

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,67 +22,104 @@ TOKEN_COLUMNS = ("request_id", "index", "position", "token", "choice", "exact", 
                  "in_top_k", "in_top_p", "margin", "kept", "gls", "verdict")
 
 
+@dataclass(frozen=True)
+class RecordResult:
+    """The verdict on one input record: the row that the report, the fleet and the watcher write.
+
+    verdict: "pass", "fail" (a token the policy does not accept, a bad termination, a seed that is
+    not the logger's) or "error" (malformed or unreadable: `field` names the offending field);
+    reason: why, empty on a pass; first_failure: the output index of the first token that is not
+    "safe"; termination: Record.termination() ("stop", "length" or "bad:<reason>").
+    Reading a row as a mapping (row["verdict"]) works too, as the rows were dicts before."""
+    request_id: str | None
+    verdict: str
+    reason: str = ""
+    field: str | None = None
+    n_tokens: int = 0
+    n_exact: int = 0
+    n_suspicious: int = 0
+    n_dangerous: int = 0
+    first_failure: int | None = None
+    termination: str | None = None
+
+    @classmethod
+    def error(cls, err: Exception, where: str | None = None) -> "RecordResult":
+        """The row of a record or file that could not be verified (err: usually a RecordError)."""
+        return cls(getattr(err, "record", None) or where, "error", str(err),
+                   getattr(err, "field", None))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def __getitem__(self, name: str):
+        return getattr(self, name)
+
+
+COLUMNS = tuple(f.name for f in dataclasses.fields(RecordResult))
+
+
 @dataclass
 class Report:
     policy: Policy
     model: str
     vocab_size: int
     tokens: dict = field(default_factory=lambda: {k: [] for k in TOKEN_COLUMNS})
-    records: list = field(default_factory=list)
+    records: list = field(default_factory=list)  # RecordResult, one per input record
     logits: dict = field(default_factory=dict)   # request_id -> (n_output, vocab), keep_logits
     seconds: float = 0.0
     _per_record: dict = field(default_factory=dict)
 
     # -- filled in by replay.verify -------------------------------------------------------------
 
-    def add_error(self, rec, err):
-        rid = getattr(rec, "request_id", None) or getattr(err, "record", None)
-        self.records.append({
-            "request_id": rid, "verdict": "error", "reason": str(err),
-            "field": getattr(err, "field", None), "n_tokens": 0, "n_exact": 0,
-            "n_suspicious": 0, "n_dangerous": 0, "first_failure": None, "termination": None,
-        })
+    def add_error(self, err: Exception):
+        self.records.append(RecordResult.error(err))
 
-    def add_tokens(self, pack, meta, sc, verdicts):
+    def add_tokens(self, positions, sc: dict, verdicts: list[str]):
+        """One chunk of scored positions (replay.verify.Position) and their verdicts."""
         cols = self.tokens
-        lists = {k: sc[k].tolist() for k in ("choice", "exact", "logprob", "rank", "in_top_k",
-                                              "in_top_p", "margin", "kept", "gls")}
-        for n, (s, j, pos, tok, _) in enumerate(meta):
-            rid = pack[s].rec.request_id
-            cols["request_id"].append(rid)
-            cols["index"].append(j)
-            cols["position"].append(pos)
-            cols["token"].append(tok)
+        lists = {k: sc[k].tolist() for k in TOKEN_COLUMNS[4:-1]}
+        for n, p in enumerate(positions):
+            rid = p.record.request_id
+            self._per_record.setdefault(rid, []).append(len(cols["verdict"]))
+            for k, v in zip(TOKEN_COLUMNS[:4], (rid, p.index, p.position, p.token)):
+                cols[k].append(v)
             for k, v in lists.items():
                 cols[k].append(v[n])
             cols["verdict"].append(verdicts[n])
-            self._per_record.setdefault(rid, []).append(len(cols["verdict"]) - 1)
 
-    def finish(self, good, seconds: float):
-        cols = self.tokens
-        for it in good:
-            r = it.rec
+    def finish(self, records, seconds: float, seed_failures: dict[str, str] | None = None):
+        """One RecordResult per verified record, from its tokens' verdicts, its termination and
+        the seed check (seed_failures: request_id -> reason)."""
+        cols, seed_failures = self.tokens, seed_failures or {}
+        for r in records:
             idx = self._per_record.get(r.request_id, [])
             v = [cols["verdict"][i] for i in idx]
-            n_exact = sum(bool(cols["exact"][i]) for i in idx)
             first = next((cols["index"][i] for i in idx if cols["verdict"][i] != "safe"), None)
             term = r.termination()
-            reasons = []
+            reasons, fld = [], None
+            if r.request_id in seed_failures:
+                reasons.append(seed_failures[r.request_id])
+                fld = "params.seed"
             if first is not None:
                 i = idx[first]
                 reasons.append(f"token {first} (position {cols['position'][i]}): claimed "
                                f"{cols['token'][i]}, sampler chose {cols['choice'][i]}")
             if term.startswith("bad"):
                 reasons.append(f"termination: {term[4:]}")
-            n_d = v.count("dangerous")
-            self.records.append({
-                "request_id": r.request_id,
-                "verdict": "fail" if reasons else "pass",
-                "reason": "; ".join(reasons), "field": None, "n_tokens": len(idx),
-                "n_exact": n_exact, "n_suspicious": v.count("suspicious"), "n_dangerous": n_d,
-                "first_failure": first, "termination": term,
-            })
+            self.records.append(RecordResult(
+                r.request_id, "fail" if reasons else "pass", "; ".join(reasons), fld, len(idx),
+                sum(bool(cols["exact"][i]) for i in idx), v.count("suspicious"),
+                v.count("dangerous"), first, term))
         self.seconds = seconds
+
+    def rows(self, records) -> tuple[torch.Tensor, list]:
+        """The kept logits rows [n_tokens, V], in the token table's order, and each token's
+        SamplingParams (records: the verified records). Needs verify(..., keep_logits=True)."""
+        by_id = {r.request_id: r for r in records}
+        ids = self.tokens["request_id"]
+        logits = (torch.cat([self.logits[rid] for rid in dict.fromkeys(ids)]) if ids
+                  else torch.zeros(0, self.vocab_size))
+        return logits, [by_id[rid].params for rid in ids]
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -91,10 +129,10 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return all(r["verdict"] == "pass" for r in self.records)
+        return all(r.verdict == "pass" for r in self.records)
 
     def counts(self) -> dict:
-        v = [r["verdict"] for r in self.records]
+        v = [r.verdict for r in self.records]
         n = self.n_tokens
         return {
             "records": len(v), "pass": v.count("pass"), "fail": v.count("fail"),
@@ -103,22 +141,22 @@ class Report:
             "safe_tokens": self.tokens["verdict"].count("safe"),
             "channel_bits": n * math.log2(self.vocab_size) if self.vocab_size else 0.0,
             # Under the exact policy one token is accepted per position: nothing can be hidden.
-            "hidden_bits": 0.0 if self.policy.kind == "exact" else None,
+            "hidden_bits": 0.0 if self.policy.single else None,
             "seconds": self.seconds,
             "tokens_per_second": n / self.seconds if self.seconds > 0 else None,
         }
 
     def records_df(self):
         import pandas as pd
-        return pd.DataFrame(self.records)
+        return pd.DataFrame([r.to_dict() for r in self.records], columns=list(COLUMNS))
 
     def tokens_df(self):
         import pandas as pd
         return pd.DataFrame(self.tokens)
 
     def to_dict(self, tokens: bool = False) -> dict:
-        d = {"model": self.model, "policy": self.policy.__dict__, "counts": self.counts(),
-             "records": self.records}
+        d = {"model": self.model, "policy": self.policy.to_dict(), "counts": self.counts(),
+             "records": [r.to_dict() for r in self.records]}
         if tokens:
             d["tokens"] = self.tokens
         return d
@@ -143,29 +181,27 @@ class Report:
         if isinstance(attacked, Report):
             attacked = {"attacked": attacked}
         attacked = attacked or {}
-        thr = self.policy.gls_threshold if self.policy.kind == "tolerant" else None
         out = [plots.score_histogram(self.tokens["gls"],
                                      {k: r.tokens["gls"] for k, r in attacked.items()},
-                                     os.path.join(out_dir, "scores.png"), threshold=thr)]
+                                     os.path.join(out_dir, "scores.png"),
+                                     threshold=self.policy.gls_cut)]
         if attacked:
             curves = {}
             for k, r in attacked.items():
-                rows = [x for x in r.records if x["verdict"] != "error"]
+                rows = [x for x in r.records if x.verdict != "error"]
                 curves[k] = plots.detection_curve([plots.first_failure(x) for x in rows],
-                                                  [x["n_tokens"] for x in rows])
+                                                  [x.n_tokens for x in rows])
             out.append(plots.detection_plot(curves, os.path.join(out_dir, "detection.png"),
                                             title=f"detection under the {self.policy.kind} "
                                                   f"policy"))
         if self.logits and records is not None:
             from replay import bound
 
-            by_id = {r.request_id: r for r in records}
-            t = self.tokens
-            logits = torch.cat([self.logits[rid] for rid in dict.fromkeys(t["request_id"])])
-            params = [by_id[rid].params for rid in t["request_id"]]
+            logits, params = self.rows(records)
             thresholds = thresholds or [-1, -2, -3, -5, -8, -12, -20, -30]
-            curve = bound.sweep(logits, params, t["position"], torch.tensor(t["margin"]),
-                                thresholds, sigma=self.policy.sigma)
+            curve = bound.sweep(logits, params, self.tokens["position"],
+                                torch.tensor(self.tokens["margin"]), thresholds,
+                                sigma=self.policy.gls_sigma)
             out.append(plots.sweep_plot({self.model: curve}, os.path.join(out_dir, "sweep.png")))
         return out
 
@@ -182,9 +218,9 @@ class Report:
         if c["hidden_bits"] is not None:
             lines.append(f"  hidden capacity: {c['hidden_bits']:.0f} bits of a "
                          f"{c['channel_bits']:,.0f}-bit channel")
-        bad = [r for r in self.records if r["verdict"] != "pass"]
+        bad = [r for r in self.records if r.verdict != "pass"]
         for r in bad[:max_lines]:
-            lines.append(f"  {r['verdict'].upper():5s} {r['request_id']}: {r['reason']}")
+            lines.append(f"  {r.verdict.upper():5s} {r.request_id}: {r.reason}")
         if len(bad) > max_lines:
             lines.append(f"  ... and {len(bad) - max_lines} more")
         if c["tokens_per_second"]:

@@ -1,69 +1,98 @@
-"""The teacher-forced verifier (DESIGN §5).
+"""The teacher-forced verifier (DESIGN §5): one pipeline that every caller runs.
 
     report = replay.verify(batch, model=model)            # exact policy
     print(report.summary())
 
-Records are validated, packed into varlen batches by a token budget, and each batch runs one
-teacher-forced forward pass over prompt + output. The LM head and the scores run chunk by chunk
-over the output positions only, so [tokens, vocab] logits are never held for a whole batch.
-Every output token is checked with the same sampler implementation that the engine ran.
+    opts = Options(policy=Policy.tolerant(), token_budget=8192, seed_key=key)
+    report = verify(batch, model, options=opts, scorer=ExponentialRace())   # a stock engine
+
+The pipeline, each step written once:
+1. validate: Batch.validate (the one validator) against the model; a bad record becomes one error
+   row and never costs the others their verdicts;
+2. pack: `packs` groups consecutive records by a token budget (prompt + output - 1 each);
+3. forward: `teacher_forced` runs one teacher-forced forward pass per pack and yields the output
+   positions (`Position`) with their logits rows, chunk by chunk, so [tokens, vocab] logits are
+   never held for a whole pack;
+4. score: a `Scorer` turns each chunk's rows into score columns; the policy turns those into
+   verdicts (Policy.verdicts);
+5. report: Report collects the token table and one RecordResult per input record.
+
+The fleet (replay.fleet), the watcher (replay.watch), score_stock (replay.adapters), the
+attackers' receiver (replay.attacks.teacher_forced_logits) and bench/exfil.py all run through it.
 
 This module never imports the engine: it shares only the model, the sampler and the ops with it.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import sys
 import time
-from dataclasses import dataclass
+import types
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, NamedTuple, Protocol, Sequence
 
 import torch
 
-from replay import sampling, scores
-from replay.model import Model, Varlen
+from replay import sampling
+from replay import scores as S
+from replay.model import Varlen
 from replay.policy import Policy, gls
-from replay.records import Batch, Record, RecordError, derive_seed
+from replay.records import Batch, Record, SamplingParams, derive_seed
 from replay.report import Report
 
 
-@dataclass
-class _Item:
-    index: int     # position in the input batch
-    rec: Record
+@dataclass(frozen=True)
+class Options:
+    """The verifier's settings, passed whole from the CLI, the fleet and the watcher.
+
+    policy:       Policy.exact() (default) or another Policy
+    token_budget: teacher-forced tokens per forward pass (prompt + output - 1 per record)
+    lm_chunk:     output rows per LM-head and scoring chunk
+    check_model:  reject records whose `model` field is not the verifier's model identity
+    seed_key:     the logger's HMAC key: each record's params.seed must equal
+                  records.derive_seed(seed_key, request_id), else the record fails
+    """
+    policy: Policy = field(default_factory=Policy.exact)
+    token_budget: int = 4096
+    lm_chunk: int = 512
+    check_model: bool = True
+    seed_key: bytes | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.policy, Policy):
+            raise TypeError(f"policy: expected a Policy, got {type(self.policy).__name__}")
+        if self.token_budget < 1 or self.lm_chunk < 1:
+            raise ValueError("token_budget and lm_chunk must be >= 1")
+
+    @classmethod
+    def of(cls, options: "Options | None" = None, policy: Policy | None = None,
+           **settings) -> "Options":
+        """`options` (default: the defaults) with the policy and the settings given replaced."""
+        if policy is not None:
+            settings["policy"] = policy
+        return dataclasses.replace(options or cls(), **settings)
 
 
-def _as_batch(batch) -> Batch:
-    if isinstance(batch, Batch):
-        return batch
-    if isinstance(batch, (str, bytes)) or hasattr(batch, "__fspath__"):
-        return Batch.read(batch)
-    return Batch(list(batch))
+class Position(NamedTuple):
+    """One output token to check: record.output[index], at absolute position len(prompt) + index."""
+    record: Record
+    index: int
+    position: int
+    token: int
+    params: SamplingParams
 
 
-def _check(items: list[_Item], model: Model, check_model: bool):
-    """Split records into verifiable ones and errors; one bad record never costs the others."""
-    cfg = model.cfg
-    good, errors, seen = [], [], set()
-    for it in items:
-        r = it.rec
-        try:
-            r.validate(vocab_size=cfg.vocab_size, max_context=cfg.max_context)
-            if check_model and r.model != model.identity:
-                raise RecordError(r.request_id, "model",
-                                  f"record was generated by {r.model!r}, verifier runs "
-                                  f"{model.identity!r}")
-            if r.request_id in seen:
-                raise RecordError(r.request_id, "request_id", "duplicate request_id in the batch")
-            seen.add(r.request_id)
-            good.append(it)
-        except RecordError as e:
-            errors.append((it, e))
-    return good, errors
+def cost(record: Record) -> int:
+    """Teacher-forced tokens of a record: prompt + output - 1 (none without an output)."""
+    return len(record.prompt) + len(record.output) - 1 if record.output else 0
 
 
-def _packs(items: list[_Item], token_budget: int):
-    """Consecutive groups whose teacher-forced inputs fit the budget (a longer record alone)."""
+def packs(items: Iterable, token_budget: int, cost: Callable = cost) -> Iterator[list]:
+    """Consecutive groups whose cost fits the budget (a costlier item alone), in order."""
     pack, used = [], 0
     for it in items:
-        n = len(it.rec.prompt) + max(len(it.rec.output) - 1, 0)
+        n = cost(it)
         if pack and used + n > token_budget:
             yield pack
             pack, used = [], 0
@@ -73,43 +102,107 @@ def _packs(items: list[_Item], token_budget: int):
         yield pack
 
 
-def _score_pack(model: Model, pack: list[_Item], lm_chunk: int, keep_logits: bool,
-                policy: Policy | None = None):
-    """One teacher-forced forward over the pack; scores of every output token."""
-    seqs = [it.rec.prompt + it.rec.output[:-1] for it in pack]
-    batch = Varlen.prefill(seqs)
-    hidden = model.forward(batch, model.new_kv(batch.rows))
-    rows, meta = [], []
-    for s, it in enumerate(pack):
-        r, P = it.rec, len(it.rec.prompt)
-        for j in range(len(r.output)):
-            rows.append(int(batch.cu[s]) + P - 1 + j)
-            meta.append((s, j, P + j, r.output[j], r.params))
-    cols = {k: [] for k in ("choice", "exact", "logprob", "rank", "in_top_k", "in_top_p",
-                            "margin", "kept")}
-    if policy is not None and policy.needs_rows:
-        cols["sample_prob"] = []
-        if policy.score == "ipt":
-            cols["ipt"] = []
-    kept_logits = []
-    for a in range(0, len(rows), lm_chunk):
-        idx = torch.tensor(rows[a: a + lm_chunk], dtype=torch.int64)
-        m = meta[a: a + lm_chunk]
-        logits = model.logits(hidden[idx])
-        sc = sampling.score(
-            logits, temperature=[x[4].temperature for x in m], top_k=[x[4].top_k for x in m],
-            top_p=[x[4].top_p for x in m], seed=[x[4].seed for x in m],
-            position=[x[2] for x in m], claimed=[x[3] for x in m])
-        if policy is not None and policy.needs_rows:  # prob_threshold, ipt: whole-row scores
-            sc.update(scores.row_scores(
-                logits, [x[4] for x in m], [x[2] for x in m], [x[3] for x in m],
-                policy.sigma if policy.score == "ipt" else None))
-        for k in cols:
-            cols[k].append(sc[k])
-        if keep_logits:
-            kept_logits.append(logits)
-    out = {k: torch.cat(v) if v else torch.empty(0) for k, v in cols.items()}
-    return meta, out, (torch.cat(kept_logits) if kept_logits else None)
+def teacher_forced(model, records: Sequence[Record], options: Options = Options()
+                   ) -> Iterator[tuple[list[Position], torch.Tensor]]:
+    """(positions, logits [len(positions), V] float32) chunk by chunk: every output position of
+    `records`, in order, with the logits row the model gives it teacher-forced over prompt +
+    output (bitwise the engine's row, DESIGN §2). model: replay's Model or anything with cfg,
+    forward(Varlen, kv), new_kv(rows) and logits(hidden) (replay.hf.HFVerifierModel)."""
+    for pack in packs(records, options.token_budget):
+        pack = [r for r in pack if r.output]
+        if not pack:
+            continue
+        batch = Varlen.prefill([r.prompt + r.output[:-1] for r in pack])
+        hidden = model.forward(batch, model.new_kv(batch.rows))              # (T, hidden)
+        rows, where = [], []
+        for s, r in enumerate(pack):
+            P = len(r.prompt)
+            first = int(batch.cu[s]) + P - 1   # the row that predicts output[0]
+            rows += range(first, first + len(r.output))
+            where += [Position(r, j, P + j, t, r.params) for j, t in enumerate(r.output)]
+        for a in range(0, len(rows), options.lm_chunk):
+            idx = torch.tensor(rows[a: a + options.lm_chunk], dtype=torch.int64)
+            yield where[a: a + options.lm_chunk], model.logits(hidden[idx])
+
+
+# ---------------------------------------------------------------------------------------------
+# scorers
+
+BASE_COLUMNS = ("choice", "exact", "logprob", "rank", "in_top_k", "in_top_p", "margin", "kept")
+
+
+class Scorer(Protocol):
+    """How the tokens of one engine's sampler are scored: a model of that sampler.
+
+    score(logits, positions, policy) gets a chunk's logits rows [n, V] (float32, as the model
+    computed them) and the n Positions (record, index, position, token, params) in record order,
+    each record's positions in output order (a scorer may keep per-record state across chunks,
+    e.g. a noise generator, and must drop it after a record's last position). It returns tensors
+    [n] keyed by
+    - choice (int64): the token the modelled sampler picks on that row; exact (bool): choice ==
+      token;
+    - logprob (float32), rank (int64: #{i : l_i > l_token}), in_top_k, in_top_p (bool), kept
+      (int64: size of the set the sampler picks from);
+    - margin (float32, logit units, >= 0, 0 when exact, +inf if the token could not be picked):
+      the report's gls column and the tolerant policy are computed from it;
+    - every column in policy.needs ("sample_prob": the token's probability under the distribution
+      the sampler drew from; "ipt": the inverse-transform score at policy.sigma), or a ValueError
+      saying that this sampler cannot give it.
+
+    `sampler` names the sampler it models, as a record names its engine's sampler in
+    meta["sampler"] (records without one come from replay's sampler); `scorer(name)` returns the
+    registered scorer of that name. A new sampler model is a new class with these two members,
+    registered in SCORERS.
+    """
+    sampler: str
+
+    def score(self, logits: torch.Tensor, positions: Sequence[Position], policy: Policy
+              ) -> dict[str, torch.Tensor]: ...
+
+
+class ReplayScorer:
+    """replay's seeded sampler (DESIGN §3), scored by the same C++/CUDA function the engine ran."""
+    sampler = "replay"
+
+    def score(self, logits, positions, policy):
+        params = [p.params for p in positions]
+        pos, tok = [p.position for p in positions], [p.token for p in positions]
+        sc = sampling.score(logits, **S.rows(params, len(params)), position=pos, claimed=tok)
+        sc.update(self.row_columns(logits, params, pos, tok, policy))
+        return sc
+
+    @staticmethod
+    def row_columns(logits, params, positions, claimed, policy: Policy) -> dict:
+        """The whole-row columns that `policy` needs (sample_prob, ipt), {} when it needs none."""
+        if not policy.needs:
+            return {}
+        return S.row_scores(logits, params, positions, claimed,
+                            policy.sigma if "ipt" in policy.needs else None)
+
+
+# name -> "module:class"; loaded on first use, so that the verifier imports no adapter it does
+# not run
+SCORERS = {"replay": "replay.verify:ReplayScorer", "vllm": "replay.adapters:ExponentialRace"}
+
+
+def scorer(name: str, **kw) -> Scorer:
+    """The registered scorer for records whose meta["sampler"] is `name`."""
+    if name not in SCORERS:
+        raise ValueError(f"no scorer for sampler {name!r}: expected one of {tuple(SCORERS)}")
+    mod, cls = SCORERS[name].split(":")
+    return getattr(importlib.import_module(mod), cls)(**kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline
+
+def as_batch(batch) -> Batch:
+    """A Batch from a Batch, a list of Records, or a path (JSONL, Parquet, a folder of shards)."""
+    if isinstance(batch, Batch):
+        return batch
+    if isinstance(batch, (str, bytes)) or hasattr(batch, "__fspath__"):
+        return Batch.read(batch)
+    return Batch(list(batch))
 
 
 def seed_failures(records, seed_key: bytes | None) -> dict[str, str]:
@@ -126,65 +219,58 @@ def seed_failures(records, seed_key: bytes | None) -> dict[str, str]:
     return out
 
 
-def mark_seed_failures(report: Report, fails: dict[str, str]):
-    """Fail the report's records whose seed check failed (their tokens stay scored)."""
-    for row in report.records:
-        why = fails.get(row["request_id"])
-        if why is None or row["verdict"] == "error":
-            continue
-        row["verdict"] = "fail"
-        row["field"] = "params.seed"
-        row["reason"] = "; ".join(x for x in (why, row["reason"]) if x)
-
-
-def verify(batch, model: Model, policy: Policy | None = None, token_budget: int = 4096,
-           lm_chunk: int = 512, check_model: bool = True, keep_logits: bool = False,
-           progress: bool = False, seed_key: bytes | None = None) -> Report:
+def verify(batch, model, policy: Policy | None = None, *, options: Options | None = None,
+           scorer: Scorer | None = None, keep_logits: bool = False, progress: bool = False,
+           **settings) -> Report:
     """Verify every output token of every record in `batch`.
 
-    batch:        a Batch, a list of Records, or a path (JSONL, Parquet, or a folder of shards)
-    model:        the replay Model the records claim to come from
-    policy:       Policy.exact() (default) or Policy.tolerant(...)
-    token_budget: teacher-forced tokens per forward pass (prompt + output - 1 per record)
-    lm_chunk:     output rows per LM-head and scoring chunk
-    check_model:  reject records whose `model` field is not this model's identity
-    keep_logits:  keep the recomputed logits rows on the report (report.logits[request_id])
-    seed_key:     the logger's HMAC key: each record's params.seed must equal
-                  records.derive_seed(seed_key, request_id), else the record fails
+    batch:       a Batch, a list of Records, or a path (JSONL, Parquet, or a folder of shards)
+    model:       the replay Model the records claim to come from
+    policy:      Policy.exact() (default) or another Policy (replay.policy)
+    options:     an Options; `policy` and keyword settings (token_budget, lm_chunk, check_model,
+                 seed_key: see Options) given here replace its fields
+    scorer:      the model of the engine's sampler (default: replay's, ReplayScorer)
+    keep_logits: keep the recomputed logits rows on the report (report.logits[request_id])
+    progress:    a progress bar over the output tokens
     """
-    policy = policy or Policy.exact()
-    if token_budget < 1 or lm_chunk < 1:
-        raise ValueError("token_budget and lm_chunk must be >= 1")
-    b = _as_batch(batch)
+    opts = Options.of(options, policy, **settings)
+    pol, scorer = opts.policy, scorer or ReplayScorer()
+    b = as_batch(batch)
     t0 = time.perf_counter()
-    items = [_Item(i, r) for i, r in enumerate(b.records)]
-    good, errors = _check(items, model, check_model)
-    report = Report(policy=policy, model=model.identity, vocab_size=model.cfg.vocab_size)
-    for e in getattr(b, "errors", []):
-        report.add_error(None, e)
-    for it, e in errors:
-        report.add_error(it.rec, e)
-    packs = list(_packs(good, token_budget))
+    cfg = model.cfg
+    good, errors = b.validate(cfg.vocab_size, cfg.max_context,
+                              model=model.identity if opts.check_model else None)
+    report = Report(policy=pol, model=model.identity, vocab_size=cfg.vocab_size)
+    for e in errors:
+        report.add_error(e)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=sum(len(it.rec.output) for it in good), desc="verify", unit="tok",
-                   leave=False)
-    for pack in packs:
-        meta, sc, logits = _score_pack(model, pack, lm_chunk, keep_logits, policy)
-        sc["gls"] = gls(sc["margin"], policy.sigma if policy.score == "gls" else 1.0)
-        verdicts = policy.verdicts(sc)
-        report.add_tokens(pack, meta, sc, verdicts)
-        if logits is not None:
-            a = 0
-            for it in pack:
-                n = len(it.rec.output)
-                report.logits[it.rec.request_id] = logits[a: a + n]
-                a += n
+        bar = tqdm(total=sum(len(r.output) for r in good), desc="verify", unit="tok", leave=False)
+    kept: dict[str, list] = {}
+    for where, logits in teacher_forced(model, good, opts):
+        sc = scorer.score(logits, where, pol)
+        sc["gls"] = gls(sc["margin"], pol.gls_sigma)
+        report.add_tokens(where, sc, pol.verdicts(sc))
+        if keep_logits:
+            for p, row in zip(where, logits):
+                kept.setdefault(p.record.request_id, []).append(row)
         if bar:
-            bar.update(len(meta))
+            bar.update(len(where))
     if bar:
         bar.close()
-    report.finish(good, time.perf_counter() - t0)
-    mark_seed_failures(report, seed_failures([it.rec for it in good], seed_key))
+    report.logits = {r.request_id: (torch.stack(kept[r.request_id]) if r.output
+                                    else torch.empty(0, cfg.vocab_size))
+                     for r in good} if keep_logits else {}
+    report.finish(good, time.perf_counter() - t0, seed_failures(good, opts.seed_key))
     return report
+
+
+class _CallableModule(types.ModuleType):
+    # `import replay.verify` binds the module to the package's name `verify`, which would hide
+    # the function replay.verify(...): so the module calls it.
+    def __call__(self, *args, **kwargs) -> Report:
+        return verify(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -24,20 +24,22 @@ import subprocess
 import sys
 import time
 
-from replay.records import JSONL_SUFFIXES, PARQUET_SUFFIXES, Batch, RecordError
+from replay.records import Batch, RecordError, shard_names
+from replay.report import RecordResult
 
 
 class Watcher:
-    def __init__(self, folder: str, out: str, model, policy=None, token_budget: int = 4096,
-                 check_model: bool = True, alarm_cmd: str | None = None, settle: float = 2.0,
-                 quiet: bool = False, seed_key: bytes | None = None):
+    """policy, options, settings: the verifier's settings, as for replay.verify (Options)."""
+
+    def __init__(self, folder: str, out: str, model, policy=None, *, options=None,
+                 alarm_cmd: str | None = None, settle: float = 2.0, quiet: bool = False,
+                 **settings):
         from replay.fleet import load_model
-        from replay.policy import Policy
+        from replay.verify import Options
 
         self.folder, self.out = os.fspath(folder), os.fspath(out)
         self.model = load_model(model)
-        self.policy = policy or Policy.exact()
-        self.budget, self.check_model, self.seed_key = token_budget, check_model, seed_key
+        self.options = Options.of(options, policy, **settings)
         self.alarm_cmd, self.settle, self.quiet = alarm_cmd, settle, quiet
         self.alarm_file = os.path.join(self.out, "ALARM")
         os.makedirs(os.path.join(self.out, "shards"), exist_ok=True)
@@ -58,9 +60,7 @@ class Watcher:
         """Shard names to verify now: new, or changed since verified; with settled_only, only
         those unchanged since the previous scan and older than `settle` seconds."""
         out, now = [], time.time()
-        for name in sorted(os.listdir(self.folder)):
-            if name.startswith(".") or not name.endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES):
-                continue
+        for name in shard_names(self.folder):
             try:
                 st = os.stat(os.path.join(self.folder, name))
             except FileNotFoundError:  # removed between listdir and stat
@@ -86,19 +86,16 @@ class Watcher:
         changed = name in self.state
         try:
             batch = Batch.read(path)
-            report = verify(batch, model=self.model, policy=self.policy,
-                            token_budget=self.budget, check_model=self.check_model,
-                            seed_key=self.seed_key)
+            report = verify(batch, self.model, options=self.options)
             rows = report.records
             report.write(os.path.join(self.out, "shards", name))
         except (RecordError, OSError, ValueError) as e:  # unreadable: one error for the file
-            rows = [{"request_id": getattr(e, "record", path), "verdict": "error",
-                     "reason": str(e), "field": getattr(e, "field", None)}]
-        bad = [r for r in rows if r["verdict"] != "pass"]
+            rows = [RecordResult.error(e, path)]
+        bad = [r for r in rows if r.verdict != "pass"]
         entry = {"shard": name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                  "records": len(rows), "pass": len(rows) - len(bad),
-                 "fail": sum(r["verdict"] == "fail" for r in rows),
-                 "error": sum(r["verdict"] == "error" for r in rows), "alarm": bool(bad),
+                 "fail": sum(r.verdict == "fail" for r in rows),
+                 "error": sum(r.verdict == "error" for r in rows), "alarm": bool(bad),
                  "verified_at": time.time()}
         self.state[name] = entry
         with open(os.path.join(self.out, "state.jsonl"), "a") as f:
@@ -111,18 +108,18 @@ class Watcher:
             print(f"replay watch: {name}: {len(rows)} records pass", file=sys.stderr)
         return entry
 
-    def alarm(self, shard: str, message: str, rows: list[dict]):
+    def alarm(self, shard: str, message: str, rows: list[RecordResult]):
         self.alarms += 1
         a = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "shard": shard,
              "folder": self.folder, "message": message,
-             "records": [{k: r.get(k) for k in ("request_id", "verdict", "reason", "field")}
+             "records": [{k: getattr(r, k) for k in ("request_id", "verdict", "reason", "field")}
                          for r in rows]}
         line = json.dumps(a, default=str)
         with open(self.alarm_file, "a") as f:
             f.write(line + "\n")
         print(f"replay watch: ALARM: {message}", file=sys.stderr)
         for r in rows[:5]:
-            print(f"  {r['verdict'].upper()} {r['request_id']}: {r['reason']}", file=sys.stderr)
+            print(f"  {r.verdict.upper()} {r.request_id}: {r.reason}", file=sys.stderr)
         if self.alarm_cmd:
             env = dict(os.environ, REPLAY_ALARM_FILE=self.alarm_file, REPLAY_ALARM_SHARD=shard,
                        REPLAY_ALARM_JSON=line)

@@ -11,6 +11,7 @@ from replay.bound import (accepted_mask, accepted_masks, accepted_sizes, bytes_p
                           sweep, threshold_for_fpr)
 from replay.policy import Policy, gls
 from replay.records import SamplingParams
+from replay.verify import ReplayScorer
 
 P1 = SamplingParams(temperature=1.0, seed=12345)
 
@@ -93,7 +94,7 @@ POLICIES = [Policy.exact(), Policy.tolerant(-3.0), Policy.tolerant(-8.0, sigma=0
             Policy.top_k(3)]
 
 
-@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: f"{p.kind}-{p.score}-{p.gls_threshold}")
+@pytest.mark.parametrize("policy", POLICIES, ids=repr)
 def test_accepted_set_equals_the_verdicts_token_by_token(policy):
     """Claim every token of the vocabulary in turn: the verifier's 'safe' verdicts are the set."""
     torch.manual_seed(1)
@@ -109,9 +110,7 @@ def test_accepted_set_equals_the_verdicts_token_by_token(policy):
         p = params[r]
         sc = sampling.score(L, p.temperature, p.top_k, p.top_p, p.seed, pos[r],
                             claimed=list(range(V)))
-        if policy.needs_rows:
-            sc.update(S.row_scores(L, [p], [pos[r]] * V, list(range(V)),
-                                   policy.sigma if policy.score == "ipt" else None))
+        sc.update(ReplayScorer.row_columns(L, [p], [pos[r]] * V, list(range(V)), policy))
         safe = torch.tensor([v == "safe" for v in policy.verdicts(sc)])
         assert torch.equal(safe, masks[r]), (r, policy)
         # margins for every token equal the C++ margins bit for bit

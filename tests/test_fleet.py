@@ -14,7 +14,7 @@ import fleet_data as fd  # noqa: E402
 from replay.fleet import (FleetIncomplete, merge, pack_items, shard_items,  # noqa: E402
                           verify_fleet, verify_pack)
 from replay.records import Batch  # noqa: E402
-from replay.verify import verify  # noqa: E402
+from replay.verify import Options, verify  # noqa: E402
 
 COLS = ["request_id", "verdict", "reason", "field", "n_tokens", "n_exact", "n_suspicious",
         "n_dangerous", "first_failure", "termination"]
@@ -63,8 +63,8 @@ def test_pack_checks_logger_seeds(data):
     model, _, paths, _ = data
     pack = [dict(it, ordinal=i) for i, it in enumerate(shard_items(paths[1]))
             if "record" in it][:4]
-    plain = verify_pack(model, pack, paths[1], None, 4096, True)
-    keyed = verify_pack(model, pack, paths[1], None, 4096, True, seed_key=b"logger-key")
+    plain = verify_pack(model, pack, paths[1], Options())
+    keyed = verify_pack(model, pack, paths[1], Options(seed_key=b"logger-key"))
     assert [r["field"] for r in plain] != ["params.seed"] * 4
     assert [r["field"] for r in keyed] == ["params.seed"] * 4
     assert all(r["verdict"] == "fail" for r in keyed)

@@ -87,7 +87,7 @@ def test_rank_threshold_is_inclusive():
                                  dict(kind="top_k", k=0)])
 def test_policy_rejects_bad_parameters(bad):
     with pytest.raises(ValueError):
-        Policy(**bad)
+        Policy.from_dict(bad)
 
 
 def test_verify_computes_whole_row_columns(small_model):
