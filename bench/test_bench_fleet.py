@@ -35,9 +35,7 @@ ROWS = []
 
 
 def bench_model() -> Model:
-    cfg = ModelConfig(arch="llama", vocab_size=4096, hidden_size=256, n_layers=4, n_heads=8,
-                      n_kv_heads=2, intermediate_size=768, rms_norm_eps=1e-5, max_context=256)
-    return Model.random(cfg, seed=0, std=0.05)
+    return Model.random(ModelConfig.preset("bench-fleet"), seed=0, std=0.05)
 
 
 def single_process(folder: str) -> dict:

@@ -25,6 +25,39 @@ from replay import ops
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
+_LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+_SMALL = dict(arch="llama", vocab_size=509, hidden_size=64, n_layers=2, n_heads=4, n_kv_heads=2,
+              intermediate_size=96, rms_norm_eps=1e-5)
+_TINY = dict(arch="llama", vocab_size=4096, hidden_size=256, n_layers=4, n_heads=8, n_kv_heads=2,
+             intermediate_size=768, rms_norm_eps=1e-5)
+# Named shapes (ModelConfig.preset): the tests', the benchmarks' and real models'.
+PRESETS = {
+    # the shipped model, replay/assets/tiny (scripts/train_tiny.py)
+    "tiny": dict(_TINY, max_context=1024, tie_embeddings=True),
+    # the CPU tests: GQA, awkward sizes, a real vocabulary, light on 2 cores
+    "test-small": dict(_SMALL, max_context=384),
+    # the Triton interpreter tests (slow): narrower, a smaller vocabulary
+    "test-triton": dict(_SMALL, vocab_size=97, hidden_size=32, intermediate_size=64,
+                        max_context=64),
+    # record shards for the fleet, watch and HF tests: one layer, short records
+    "test-tiny": dict(arch="llama", vocab_size=257, hidden_size=32, n_layers=1, n_heads=2,
+                      n_kv_heads=1, intermediate_size=48, rms_norm_eps=1e-5, max_context=64),
+    # bench/test_bench_fleet.py: the shipped model's shapes, untied, short records
+    "bench-fleet": dict(_TINY, max_context=256),
+    # bench/gpu dry runs: test-small with Llama 3.1's rope scaling
+    "bench-dry": dict(_SMALL, rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE, max_context=256),
+    # config.json of meta-llama/Llama-3.1-8B
+    "llama-3.1-8b": dict(arch="llama", vocab_size=128256, hidden_size=4096, n_layers=32,
+                         n_heads=32, n_kv_heads=8, intermediate_size=14336, rms_norm_eps=1e-5,
+                         rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE, max_context=131072),
+    # config.json of Qwen/Qwen2.5-0.5B
+    "qwen2.5-0.5b": dict(arch="qwen2", vocab_size=151936, hidden_size=896, n_layers=24,
+                         n_heads=14, n_kv_heads=2, intermediate_size=4864, rms_norm_eps=1e-6,
+                         rope_theta=1000000.0, max_context=32768, tie_embeddings=True,
+                         qkv_bias=True),
+}
+
 
 @dataclass
 class ModelConfig:
@@ -56,6 +89,14 @@ class ModelConfig:
                              f"num_key_value_heads {self.n_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
+
+    @classmethod
+    def preset(cls, name: str, **fields) -> "ModelConfig":
+        """The named shape of PRESETS, with `fields` replaced."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}: expected one of {tuple(PRESETS)}")
+        d = {**PRESETS[name], **fields}
+        return cls(**{k: dict(v) if isinstance(v, dict) else v for k, v in d.items()})
 
     @classmethod
     def from_hf(cls, d: dict) -> "ModelConfig":

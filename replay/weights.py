@@ -1,8 +1,10 @@
 """Hugging Face checkpoint names, shapes and loading for replay.model.
 
-The HF-to-replay mapping is explicit: q/k/v projections are fused into one matrix ("wqkv") and
-gate/up into another ("wgu"), so each layer runs four matmuls. Every tensor of the checkpoint must
-be used and every expected tensor must be present, with its exact shape.
+One table maps every tensor of a Hugging Face checkpoint to replay's layout (gpt-fast's
+weight_map): q/k/v projections are fused into one matrix ("wqkv") and gate/up into another
+("wgu"), so each layer runs four matmuls. The table drives random initialisation, loading and
+fusing: every tensor of the checkpoint must be in it, and every tensor it lists must be present
+with its exact shape.
 """
 from __future__ import annotations
 
@@ -13,61 +15,52 @@ import os
 import torch
 
 
+def weight_map(cfg) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """HF tensor name -> (replay name, shape) for this config, in checkpoint order. Tensors
+    that share a replay name are concatenated in this order along dim 0 (fusing)."""
+    H, D, F, V = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size
+    q, kv = cfg.n_heads * D, cfg.n_kv_heads * D
+    top = [("model.embed_tokens.weight", "embed", (V, H), True),
+           ("model.norm.weight", "norm", (H,), True),
+           ("lm_head.weight", "lm_head", (V, H), not cfg.tie_embeddings)]
+    layer = [  # under model.layers.{i}. -> layers.{i}. (Model.random draws in this order)
+        ("input_layernorm.weight", "ln1", (H,), True),
+        ("post_attention_layernorm.weight", "ln2", (H,), True),
+        ("self_attn.q_proj.weight", "wqkv", (q, H), True),
+        ("self_attn.k_proj.weight", "wqkv", (kv, H), True),
+        ("self_attn.v_proj.weight", "wqkv", (kv, H), True),
+        ("self_attn.o_proj.weight", "wo", (H, q), True),
+        ("mlp.gate_proj.weight", "wgu", (F, H), True),
+        ("mlp.up_proj.weight", "wgu", (F, H), True),
+        ("mlp.down_proj.weight", "wdown", (H, F), True),
+        ("self_attn.q_proj.bias", "bqkv", (q,), cfg.qkv_bias),
+        ("self_attn.k_proj.bias", "bqkv", (kv,), cfg.qkv_bias),
+        ("self_attn.v_proj.bias", "bqkv", (kv,), cfg.qkv_bias),
+        ("self_attn.o_proj.bias", "bo", (H,), cfg.o_bias),
+        ("self_attn.q_norm.weight", "qnorm", (D,), cfg.qk_norm),
+        ("self_attn.k_norm.weight", "knorm", (D,), cfg.qk_norm),
+    ]
+    out = {hf: (ours, shape) for hf, ours, shape, used in top if used}
+    for i in range(cfg.n_layers):
+        out.update({f"model.layers.{i}.{hf}": (f"layers.{i}.{ours}", shape)
+                    for hf, ours, shape, used in layer if used})
+    return out
+
+
 def hf_names(cfg) -> dict[str, tuple[int, ...]]:
     """Every tensor name a Hugging Face checkpoint of this config holds, with its shape."""
-    H, D, F, V = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size
-    Hq, Hkv = cfg.n_heads, cfg.n_kv_heads
-    names = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
-    if not cfg.tie_embeddings:
-        names["lm_head.weight"] = (V, H)
-    for i in range(cfg.n_layers):
-        p = f"model.layers.{i}."
-        names.update({
-            p + "input_layernorm.weight": (H,),
-            p + "post_attention_layernorm.weight": (H,),
-            p + "self_attn.q_proj.weight": (Hq * D, H),
-            p + "self_attn.k_proj.weight": (Hkv * D, H),
-            p + "self_attn.v_proj.weight": (Hkv * D, H),
-            p + "self_attn.o_proj.weight": (H, Hq * D),
-            p + "mlp.gate_proj.weight": (F, H),
-            p + "mlp.up_proj.weight": (F, H),
-            p + "mlp.down_proj.weight": (H, F),
-        })
-        if cfg.qkv_bias:
-            names.update({p + "self_attn.q_proj.bias": (Hq * D,),
-                          p + "self_attn.k_proj.bias": (Hkv * D,),
-                          p + "self_attn.v_proj.bias": (Hkv * D,)})
-        if cfg.o_bias:
-            names[p + "self_attn.o_proj.bias"] = (H,)
-        if cfg.qk_norm:
-            names.update({p + "self_attn.q_norm.weight": (D,), p + "self_attn.k_norm.weight": (D,)})
-    return names
+    return {hf: shape for hf, (_, shape) in weight_map(cfg).items()}
 
 
 def fuse(hf: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
-    """HF tensors -> replay's fused layout (dtype kept)."""
-    w = {"embed": hf["model.embed_tokens.weight"], "norm": hf["model.norm.weight"]}
-    w["lm_head"] = w["embed"] if cfg.tie_embeddings else hf["lm_head.weight"]
-    for i in range(cfg.n_layers):
-        p, a = f"model.layers.{i}.", f"model.layers.{i}.self_attn."
-        r = f"layers.{i}."
-        w[r + "ln1"] = hf[p + "input_layernorm.weight"]
-        w[r + "ln2"] = hf[p + "post_attention_layernorm.weight"]
-        w[r + "wqkv"] = torch.cat([hf[a + "q_proj.weight"], hf[a + "k_proj.weight"],
-                                   hf[a + "v_proj.weight"]]).contiguous()
-        if cfg.qkv_bias:
-            w[r + "bqkv"] = torch.cat([hf[a + "q_proj.bias"], hf[a + "k_proj.bias"],
-                                       hf[a + "v_proj.bias"]]).contiguous()
-        w[r + "wo"] = hf[a + "o_proj.weight"]
-        if cfg.o_bias:
-            w[r + "bo"] = hf[a + "o_proj.bias"]
-        if cfg.qk_norm:
-            w[r + "qnorm"] = hf[a + "q_norm.weight"]
-            w[r + "knorm"] = hf[a + "k_norm.weight"]
-        w[r + "wgu"] = torch.cat([hf[p + "mlp.gate_proj.weight"],
-                                  hf[p + "mlp.up_proj.weight"]]).contiguous()
-        w[r + "wdown"] = hf[p + "mlp.down_proj.weight"]
-    return {k: v.contiguous() for k, v in w.items()}
+    """HF tensors -> replay's fused layout (dtype kept); a tied head is the embedding itself."""
+    parts: dict[str, list] = {}
+    for name, (ours, _) in weight_map(cfg).items():
+        parts.setdefault(ours, []).append(hf[name])
+    w = {k: (v[0] if len(v) == 1 else torch.cat(v)).contiguous() for k, v in parts.items()}
+    if cfg.tie_embeddings:
+        w["lm_head"] = w["embed"]
+    return w
 
 
 def _shards(path: str) -> list[str]:

@@ -10,13 +10,8 @@ from replay.model import Model, ModelConfig
 from replay.records import Batch, SamplingParams
 
 
-def tiny_config() -> ModelConfig:
-    return ModelConfig(arch="llama", vocab_size=257, hidden_size=32, n_layers=1, n_heads=2,
-                       n_kv_heads=1, intermediate_size=48, rms_norm_eps=1e-5, max_context=64)
-
-
 def tiny_model() -> Model:
-    return Model.random(tiny_config(), seed=3, std=0.3)
+    return Model.random(ModelConfig.preset("test-tiny"), seed=3, std=0.3)
 
 
 def records(model: Model, n: int, seed: int = 0, prefix: str = "r"):

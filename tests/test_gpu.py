@@ -13,11 +13,10 @@ import random
 import pytest
 import torch
 
-from conftest import small_config
 from replay import ops, sampling
 from replay._ext import C
 from replay.engine import Engine, Request
-from replay.model import Model, Varlen
+from replay.model import Model, ModelConfig, Varlen
 from replay.records import SamplingParams
 from replay.verify import verify
 from variants import assert_engine_varied
@@ -30,7 +29,8 @@ pytestmark = [pytest.mark.gpu,
 def model() -> Model:
     # std 0.2 as in the CPU tests: peaked enough that sampled tokens vary, flat enough that top-p
     # keeps several tokens.
-    return Model.random(small_config(), seed=1, std=0.2, device="cuda", dtype=torch.bfloat16)
+    return Model.random(ModelConfig.preset("test-small"), seed=1, std=0.2, device="cuda",
+                        dtype=torch.bfloat16)
 
 
 def workload(V: int, n: int, seed: int, max_tokens: int = 8) -> list[Request]:

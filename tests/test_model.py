@@ -78,3 +78,29 @@ def test_config_rejects_bad_head_counts():
     with pytest.raises(ValueError, match="multiple"):
         ModelConfig(arch="llama", vocab_size=10, hidden_size=64, n_layers=1, n_heads=4,
                     n_kv_heads=3, intermediate_size=8)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_weight_map_names_every_tensor_transformers_has(tmp_path, family):
+    """The one HF name table (replay.weights.weight_map) against transformers' own modules."""
+    from replay.weights import hf_names
+
+    hf = hf_checkpoint(family, tmp_path)
+    cfg = ModelConfig.from_hf(hf.config.to_dict())
+    want = {k: tuple(v.shape) for k, v in hf.state_dict().items()
+            if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    assert hf_names(cfg) == want
+
+
+def test_presets():
+    import replay
+    from replay.model import PRESETS
+
+    assert Model.from_pretrained(replay.TINY_MODEL).cfg == ModelConfig.preset("tiny")
+    assert ModelConfig.preset("test-small", vocab_size=97).vocab_size == 97
+    assert {ModelConfig.preset(n).arch for n in PRESETS} == {"llama", "qwen2"}
+    a = ModelConfig.preset("llama-3.1-8b")
+    a.rope_scaling["factor"] = 2.0  # a preset's dicts are copies, never shared
+    assert ModelConfig.preset("llama-3.1-8b").rope_scaling["factor"] == 8.0
+    with pytest.raises(ValueError, match="unknown preset"):
+        ModelConfig.preset("gpt-2")

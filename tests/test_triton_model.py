@@ -10,10 +10,9 @@ import torch
 # without CUDA, conftest.py has set TRITON_INTERPRET=1 and made the interpreter's dot fixed-order
 pytest.importorskip("triton", reason="the Triton kernels need triton (pip install triton)")
 
-from conftest import small_config  # noqa: E402
 from replay import ops  # noqa: E402
 from replay.engine import Engine, Request  # noqa: E402
-from replay.model import Model  # noqa: E402
+from replay.model import Model, ModelConfig  # noqa: E402
 from replay.records import SamplingParams  # noqa: E402
 from replay.verify import verify  # noqa: E402
 from variants import assert_engine_varied  # noqa: E402
@@ -24,8 +23,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
 
 @pytest.fixture(scope="module")
 def model():
-    return Model.random(small_config(vocab_size=97, hidden_size=32, intermediate_size=64,
-                                     n_layers=2, max_context=64), seed=3, std=0.3)
+    return Model.random(ModelConfig.preset("test-triton"), seed=3, std=0.3)
 
 
 def test_engine_rows_equal_verifier_rows_on_triton_kernels(model):

@@ -21,23 +21,6 @@ from replay.model import Model, ModelConfig
 from replay.records import SamplingParams
 from replay.verify import verify
 
-LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-
-
-def llama8b_config() -> ModelConfig:
-    """Llama-3.1-8B's shapes (config.json of meta-llama/Llama-3.1-8B)."""
-    return ModelConfig(arch="llama", vocab_size=128256, hidden_size=4096, n_layers=32, n_heads=32,
-                       n_kv_heads=8, intermediate_size=14336, rms_norm_eps=1e-5,
-                       rope_theta=500000.0, rope_scaling=dict(LLAMA3_SCALING), max_context=131072)
-
-
-def dry_config() -> ModelConfig:
-    return ModelConfig(arch="llama", vocab_size=509, hidden_size=64, n_layers=2, n_heads=4,
-                       n_kv_heads=2, intermediate_size=96, rms_norm_eps=1e-5, rope_theta=500000.0,
-                       rope_scaling=dict(LLAMA3_SCALING), max_context=256)
-
-
 def forward_flops(cfg: ModelConfig, seq_lens: list[int], scored_rows: int) -> float:
     """Model FLOPs of one teacher-forced pass: 2 x (matmul weights) per token, 2 x (LM head) per
     scored row (the verifier runs the LM head on output rows only), and causal attention,
@@ -85,7 +68,7 @@ def bench_model(ctx) -> Section:
     if ctx.peak is None:
         sec.skipped = "the peak measurement failed (see 'Device peak'): no MFU denominator"
         return sec
-    cfg = dry_config() if ctx.dry else llama8b_config()
+    cfg = ModelConfig.preset("bench-dry" if ctx.dry else "llama-3.1-8b")
     if ctx.dry:
         P, N, batches = 8, 4, [1, 3]
     elif ctx.quick:
@@ -109,9 +92,9 @@ def bench_model(ctx) -> Section:
         "recomputed exactly; with torch's ops a row can depend on its batch, so it can fall "
         "below 100%.")
     sec.notes.append(
-        "Caveat: ops.backend('torch') attention runs SDPA once per sequence in a Python loop "
-        "(replay/ops.py _attention_torch); at large batches that loop, not torch's kernels, "
-        "dominates its time. The kernel sections above are the like-for-like comparisons.")
+        "Caveat: ops.backend('torch') attention pads every chunk of a batch to the longest and "
+        "runs one SDPA call (replay/ops.py _attention_torch), so at mixed lengths it also "
+        "computes the padding. The kernel sections above are the like-for-like comparisons.")
     model = None
     try:
         model = Model.random(cfg, seed=0, device=ctx.device, dtype=ctx.dtype)
