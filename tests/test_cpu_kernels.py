@@ -13,7 +13,8 @@ import torch
 
 from replay import ops
 from replay._ext import C
-from variants import split_k_linear
+from helpers import split_k_linear
+from ref import attention as attention64, rms_norm as rms_ref
 
 U = 2.0 ** -24  # unit roundoff of float32
 
@@ -90,7 +91,7 @@ def test_linear_rows_do_not_depend_on_batch():
 
 
 def test_linear_invariance_check_catches_split_k():
-    """The check above fails for a linear that splits K below 8 rows (variants.split_k_linear):
+    """The check above fails for a linear that splits K below 8 rows (helpers.split_k_linear):
     a control that is batch-variant on every machine, unlike torch's BLAS, which may or may not
     be for a given shape."""
     with pytest.raises(AssertionError):
@@ -121,11 +122,6 @@ def test_linear_simd_paths_agree():
 
 # ---------------------------------------------------------------------------------------------
 # row ops
-
-
-def rms_ref(x, w, eps):
-    x = x.double()
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.double()
 
 
 @pytest.mark.parametrize("M,D", [(1, 1), (3, 17), (17, 64), (5, 1000)])
@@ -205,11 +201,11 @@ def test_log_softmax(M, N):
 
 
 def attention_ref(q, k_buf, v_buf, cu_q, pos0, kv_start, window=0):
-    """float64 reference, plus the per-output error bound of the float32 kernel."""
+    """float64 reference (ref.attention), plus the per-output error bound of the float32
+    kernel."""
     T, Hq, D = q.shape
     G = Hq // k_buf.shape[1]
     scale = D ** -0.5
-    out = torch.empty(T, Hq, D, dtype=torch.float64)
     tol = torch.empty(T, Hq, 1, dtype=torch.float64)
     for s in range(len(pos0)):
         for t in range(int(cu_q[s]), int(cu_q[s + 1])):
@@ -219,15 +215,13 @@ def attention_ref(q, k_buf, v_buf, cu_q, pos0, kv_start, window=0):
             k = k_buf[rows].double().repeat_interleave(G, 1)  # (n, Hq, D)
             v = v_buf[rows].double().repeat_interleave(G, 1)
             qt = q[t].double()
-            sc = torch.einsum("hd,nhd->hn", qt, k) * scale
-            out[t] = torch.einsum("hn,nhd->hd", torch.softmax(sc, -1), v)
             # score error: dot over D plus the scale multiply; exp, block sums, and the
             # (n/16 + block count)-deep accumulations of l and acc (relative), times max |v|
             es = (reduction_bound(D) + U) * scale * torch.einsum("hd,nhd->hn", qt.abs(), k.abs())
             n = p + 1 - lo
             rel = 2 * es.max(-1).values + (reduction_bound(64) + n // 64 + 64 + 8) * U
             tol[t, :, 0] = rel * v.abs().amax((0, 2))
-    return out, tol
+    return attention64(q, k_buf, v_buf, cu_q, pos0, kv_start, scale, window), tol
 
 
 def test_attention_matches_float64():

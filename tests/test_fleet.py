@@ -10,7 +10,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-import fleet_data as fd  # noqa: E402
+import helpers as fd  # noqa: E402
 from replay.fleet import (FleetIncomplete, merge, pack_items, shard_items,  # noqa: E402
                           verify_fleet, verify_pack)
 from replay.records import Batch  # noqa: E402

@@ -7,7 +7,6 @@
   logits: identical sampled tokens and verdicts;
 - the Triton sampler against the C++ sampler on identical logits.
 """
-import math
 import random
 
 import pytest
@@ -19,7 +18,8 @@ from replay.engine import Engine, Request
 from replay.model import Model, ModelConfig, Varlen
 from replay.records import SamplingParams
 from replay.verify import verify
-from variants import assert_engine_varied
+from helpers import assert_engine_varied
+from ref import model_logits
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -88,39 +88,6 @@ def test_same_request_same_rows_in_any_batch_bf16(model):
 # ---------------------------------------------------------------------------------------------
 # numerics against float64
 
-def reference_logits(model: Model, seq: list[int]) -> torch.Tensor:
-    """The model's logits for one sequence in float64: a plain Llama forward over model.w."""
-    cfg = model.cfg
-    w = {k: t.double() for k, t in model.w.items()}
-    Hq, Hkv, D, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
-    L = len(seq)
-
-    def norm(x, g):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * g
-
-    def rope(x):  # (L, H, D), rotate-half, tables of model.cos / model.sin
-        c, s = model.cos[:L].double()[:, None], model.sin[:L].double()[:, None]
-        x1, x2 = x[..., : D // 2], x[..., D // 2:]
-        return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], -1)
-
-    x = w["embed"][torch.tensor(seq, device=w["embed"].device)]        # (L, hidden)
-    causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
-    for i in range(cfg.n_layers):
-        p = f"layers.{i}."
-        qkv = norm(x, w[p + "ln1"]) @ w[p + "wqkv"].T
-        q = rope(qkv[:, : Hq * D].view(L, Hq, D))
-        k = rope(qkv[:, Hq * D: (Hq + Hkv) * D].view(L, Hkv, D))
-        v = qkv[:, (Hq + Hkv) * D:].view(L, Hkv, D)
-        k, v = k.repeat_interleave(Hq // Hkv, 1), v.repeat_interleave(Hq // Hkv, 1)
-        s = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(D)
-        a = s.masked_fill(~causal, float("-inf")).softmax(-1)
-        x = x + torch.einsum("hqk,khd->qhd", a, v).reshape(L, Hq * D) @ w[p + "wo"].T
-        gu = norm(x, w[p + "ln2"]) @ w[p + "wgu"].T
-        g, u = gu.chunk(2, -1)
-        x = x + (torch.nn.functional.silu(g) * u) @ w[p + "wdown"].T
-    return norm(x, w["norm"]) @ w["lm_head"].T
-
-
 def test_bf16_logits_against_float64(model):
     """replay's bf16 error against float64 is at most about twice torch's own bf16 error on the
     same weights (ops.backend("torch"): cuBLAS, SDPA), plus a floor of a few bf16 ulps of the
@@ -133,7 +100,7 @@ def test_bf16_logits_against_float64(model):
     with ops.backend("torch"):
         theirs = model(seqs)
     for seq, a, b in zip(seqs, ours, theirs):
-        ref = reference_logits(model, seq)
+        ref = model_logits(model, seq)
         err = (a.double() - ref).abs().max().item()
         torch_err = (b.double() - ref).abs().max().item()
         scale = ref.abs().max().item()

@@ -9,7 +9,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-import fleet_data as fd  # noqa: E402
+import helpers as fd  # noqa: E402
 from replay.hf import HFVerifierModel, generate_records, replay_attention, replay_kernels  # noqa: E402
 from replay.model import Model  # noqa: E402
 from replay.records import Record, SamplingParams  # noqa: E402

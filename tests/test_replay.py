@@ -12,7 +12,7 @@ from replay import ops
 from replay.engine import Engine, Request
 from replay.records import SamplingParams
 from replay.verify import verify
-from variants import assert_engine_varied, split_k_linear
+from helpers import assert_engine_varied, split_k_linear
 
 
 def workload(V: int, n: int, seed: int, max_tokens: int = 16) -> list[Request]:
@@ -80,7 +80,7 @@ def test_tokens_do_not_depend_on_batch_composition(small_model):
 
 def test_a_batch_variant_kernel_breaks_the_contract(small_model, monkeypatch):
     """The same test with a linear whose K order depends on the row count (split-K below 8
-    rows, variants.split_k_linear): rows differ, so the bitwise test above can fail."""
+    rows, helpers.split_k_linear): rows differ, so the bitwise test above can fail."""
     reqs = workload(small_model.cfg.vocab_size, 32, seed=7)
     monkeypatch.setattr(ops, "linear", split_k_linear)
     records, engine = generate(small_model, reqs, max_batch=17, chunk_size=7)

@@ -1,5 +1,5 @@
 """The seeded sampler (replay/sampling.py, csrc/cpu/sampler.cpp) against its plain numpy reference
-(tests/sampler_ref.py), Philox against Random123's known answers, replay's exp/log against float64.
+(tests/ref.py), Philox against Random123's known answers, replay's exp/log against float64.
 """
 import math
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import sampler_ref as ref
+import ref
 from replay import sampling
 from replay._ext import C
 

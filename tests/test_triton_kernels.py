@@ -22,6 +22,7 @@ from replay.kernels.elementwise import rope_, silu_mul  # noqa: E402
 from replay.kernels.log_softmax import log_softmax  # noqa: E402
 from replay.kernels.matmul import addmm, matmul, mm  # noqa: E402
 from replay.kernels.rmsnorm import add_rms_norm, rms_norm  # noqa: E402
+from ref import attention as attention_ref, rms_norm as rms_ref  # noqa: E402
 
 CASES = [
     pytest.param("cpu", torch.float32, id="interpreter-f32",
@@ -132,11 +133,6 @@ def test_matmul_invariance_check_catches_variant_kernels(device, dtype, monkeypa
 # ---------------------------------------------------------------------------------------------
 # norms, log_softmax, elementwise
 
-def rms_ref(x, w, eps):
-    x = x.double()
-    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.double()
-
-
 @case
 def test_rms_norm(device, dtype):
     D, eps = 1500, 1e-5  # two 1024-wide blocks, the second partly masked
@@ -220,23 +216,6 @@ ATOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}  # values O(1); bf16 output u
 
 def attn_config(device, dtype):
     return SMALL if device == "cpu" else ATTENTION_CONFIGS[dtype]
-
-
-def attention_ref(q, k, v, cu, pos0, kv_start, scale, window):
-    """float64, one query at a time."""
-    q, k, v = q.double().cpu(), k.double().cpu(), v.double().cpu()
-    group = q.shape[1] // k.shape[1]
-    out = torch.empty_like(q)
-    for s in range(len(pos0)):
-        for i in range(int(cu[s + 1] - cu[s])):
-            t, p = int(cu[s]) + i, int(pos0[s]) + i
-            lo = max(0, p - window + 1) if window else 0
-            rows = slice(int(kv_start[s]) + lo, int(kv_start[s]) + p + 1)
-            kk = k[rows].repeat_interleave(group, 1)  # (n, Hq, D)
-            vv = v[rows].repeat_interleave(group, 1)
-            a = torch.softmax(torch.einsum("hd,nhd->hn", q[t], kk) * scale, -1)
-            out[t] = torch.einsum("hn,nhd->hd", a, vv)
-    return out
 
 
 def seq_data(L, Hq, Hkv, D, device, dtype, seed):

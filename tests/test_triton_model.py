@@ -15,7 +15,7 @@ from replay.engine import Engine, Request  # noqa: E402
 from replay.model import Model, ModelConfig  # noqa: E402
 from replay.records import SamplingParams  # noqa: E402
 from replay.verify import verify  # noqa: E402
-from variants import assert_engine_varied  # noqa: E402
+from helpers import assert_engine_varied  # noqa: E402
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
                                 reason="with CUDA, tests/test_gpu.py runs this on the GPU")

@@ -1,14 +1,10 @@
 """The Triton sampler (kernels/sampler.py) against the C++ sampler: Philox words, replay's exp/log,
 the Gumbel noise and the chosen tokens, all bitwise. Without CUDA it runs in Triton's interpreter on
-small float32 rows (TRITON_INTERPRET=1 is set before triton is imported)."""
-import os
-
+small float32 rows (conftest.py sets TRITON_INTERPRET=1 before any test imports triton)."""
 import numpy as np
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 

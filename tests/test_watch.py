@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import fleet_data as fd
+import helpers as fd
 from replay import cli
 from replay.model import Model
 from replay.records import Batch

@@ -1,9 +1,75 @@
-"""Plain numpy reference of the sampler (definition: replay/sampling.py), written independently of
-the C++ code: Philox4x32-10 on uint64 arithmetic, replay's exp/log polynomials in float32 numpy
-(fma emulated exactly in float64 with round-to-odd), and the row algorithm done the obvious way (a
-full sort of every row). Slow and simple on purpose.
+"""The tests' references, one per op, written independently of the code they check.
+
+- rms_norm, attention, model_logits: float64 torch, the obvious way (one query at a time; a
+  plain Llama forward over a Model's fused weights);
+- the sampler (definition: replay/sampling.py): plain numpy, Philox4x32-10 on uint64 arithmetic,
+  replay's exp/log polynomials in float32 numpy (fma emulated exactly in float64 with
+  round-to-odd), and the row algorithm done the obvious way (a full sort of every row).
+Slow and simple on purpose.
 """
+import math
+
 import numpy as np
+import torch
+
+
+# ---- float64 ops ---------------------------------------------------------------------------------
+
+def rms_norm(x, w, eps):
+    x = x.double()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.double()
+
+
+def attention(q, k, v, cu, pos0, kv_start, scale=None, window=0):
+    """Causal varlen attention (replay.ops.attention's arguments) in float64, one query at a time:
+    the query at position p of sequence s attends to its keys max(0, p - window + 1)..p."""
+    q, k, v = q.double().cpu(), k.double().cpu(), v.double().cpu()
+    group = q.shape[1] // k.shape[1]
+    scale = q.shape[2] ** -0.5 if scale is None else scale
+    out = torch.empty_like(q)
+    for s in range(len(pos0)):
+        for i in range(int(cu[s + 1] - cu[s])):
+            t, p = int(cu[s]) + i, int(pos0[s]) + i
+            lo = max(0, p - window + 1) if window else 0
+            rows = slice(int(kv_start[s]) + lo, int(kv_start[s]) + p + 1)
+            kk = k[rows].repeat_interleave(group, 1)  # (n, Hq, D)
+            vv = v[rows].repeat_interleave(group, 1)
+            a = torch.softmax(torch.einsum("hd,nhd->hn", q[t], kk) * scale, -1)
+            out[t] = torch.einsum("hn,nhd->hd", a, vv)
+    return out
+
+
+def model_logits(model, seq: list[int]) -> torch.Tensor:
+    """The model's logits for one sequence in float64: a plain Llama forward over model.w."""
+    cfg = model.cfg
+    w = {k: t.double() for k, t in model.w.items()}
+    Hq, Hkv, D, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
+    L = len(seq)
+
+    def rope(x):  # (L, H, D), rotate-half, tables of model.cos / model.sin
+        c, s = model.cos[:L].double()[:, None], model.sin[:L].double()[:, None]
+        x1, x2 = x[..., : D // 2], x[..., D // 2:]
+        return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], -1)
+
+    x = w["embed"][torch.tensor(seq, device=w["embed"].device)]        # (L, hidden)
+    causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+    for i in range(cfg.n_layers):
+        p = f"layers.{i}."
+        qkv = rms_norm(x, w[p + "ln1"], eps) @ w[p + "wqkv"].T
+        q = rope(qkv[:, : Hq * D].view(L, Hq, D))
+        k = rope(qkv[:, Hq * D: (Hq + Hkv) * D].view(L, Hkv, D))
+        v = qkv[:, (Hq + Hkv) * D:].view(L, Hkv, D)
+        k, v = k.repeat_interleave(Hq // Hkv, 1), v.repeat_interleave(Hq // Hkv, 1)
+        s = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(D)
+        a = s.masked_fill(~causal, float("-inf")).softmax(-1)
+        x = x + torch.einsum("hqk,khd->qhd", a, v).reshape(L, Hq * D) @ w[p + "wo"].T
+        gu = rms_norm(x, w[p + "ln2"], eps) @ w[p + "wgu"].T
+        g, u = gu.chunk(2, -1)
+        x = x + (torch.nn.functional.silu(g) * u) @ w[p + "wdown"].T
+    return rms_norm(x, w["norm"], eps) @ w["lm_head"].T
+
+
+# ---- the sampler (numpy) -------------------------------------------------------------------------
 
 f32 = np.float32
 M32 = np.uint64(0xFFFFFFFF)
