@@ -19,15 +19,16 @@ except ImportError:  # setuptools < 69
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _native_flags():
-    # -march=native: this machine's SIMD width. Results do not depend on it: every reduction is
-    # a chain of fused multiply-adds in a fixed order, and fma is exactly rounded on every ISA.
+def _cpu_flags():
+    # The default build runs on any x86-64: the kernels are compiled once per code path (scalar,
+    # AVX2+FMA, AVX-512) under `#pragma GCC target` (csrc/cpu/isa_*.cpp) and picked at import by
+    # cpuid; the rest is baseline code. REPLAY_NATIVE=1 adds -march=native (this machine only).
+    # The bits do not depend on either: every reduction is a chain of fused multiply-adds in a
+    # fixed order, and fma is exactly rounded on every path.
     # -ffp-contract=off: the compiler must not fuse a*b+c behind our back; the kernels say where.
     flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"]
-    if os.environ.get("REPLAY_PORTABLE", "0") != "1":
+    if os.environ.get("REPLAY_NATIVE", "0") == "1":
         flags.append("-march=native")
-    else:
-        flags += ["-mavx2", "-mfma"]
     return flags
 
 
@@ -54,7 +55,8 @@ NVCC_FLAGS = ["-O3", "-std=c++17", "-fmad=false", "-Xcompiler", "-fPIC", "-I" + 
               "-gencode", "arch=compute_90,code=compute_90"]
 
 cpu_sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-headers = sorted(glob.glob(os.path.join("csrc", "*", "*.h")))
+headers = sorted(glob.glob(os.path.join("csrc", "*", "*.h")) +
+                 glob.glob(os.path.join("csrc", "cpu", "isa", "*")))
 cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
 nvcc = _find_nvcc() if cuda_sources else None
 if cuda_sources and not nvcc:
@@ -83,7 +85,7 @@ ext = Pybind11Extension(
     sources,
     include_dirs=[os.path.join(HERE, "csrc")],
     define_macros=macros,
-    extra_compile_args=_native_flags(),
+    extra_compile_args=_cpu_flags(),
     extra_link_args=link_args,
     depends=headers + cuda_sources,
     cxx_std=17,

@@ -228,6 +228,10 @@ class KVBuffer:
 # ---------------------------------------------------------------------------------------------
 # the model
 
+# Weights that ops.linear multiplies by: on CPU they are kept packed (ops.PackedLinear).
+_MATMUL = ("wqkv", "wo", "wgu", "wdown", "lm_head")
+
+
 class Model:
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], identity: str = ""):
         self.cfg = cfg
@@ -235,20 +239,35 @@ class Model:
         self.w = weights
         self.cos, self.sin = rope_tables(cfg, cfg.max_context)
         self.device, self.dtype = torch.device("cpu"), torch.float32
+        self._pack()
+
+    def _pack(self):
+        """On CPU, pack the matmul weights once for the kernels (the packed copy replaces the
+        plain one; a tied LM head is packed beside the embedding table)."""
+        for k, t in self.w.items():
+            if (isinstance(t, torch.Tensor) and t.device.type == "cpu"
+                    and k.rsplit(".", 1)[-1] in _MATMUL):
+                self.w[k] = ops.pack_linear(t)
 
     def to(self, device=None, dtype=None) -> "Model":
         """Move the weights (and cast them: bfloat16 / float16 on CUDA). The CPU kernels are
         float32; rotary tables stay float32 everywhere."""
-        self.device = torch.device(device) if device is not None else self.device
-        self.dtype = dtype or self.dtype
-        if self.device.type == "cpu" and self.dtype != torch.float32:
-            raise ValueError(f"replay's CPU kernels are float32; got {self.dtype}")
+        device = torch.device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
+        if device.type == "cpu" and dtype != torch.float32:
+            raise ValueError(f"replay's CPU kernels are float32; got {dtype}")
+        if device == self.device and dtype == self.dtype:
+            return self
+        self.device, self.dtype = device, dtype
         moved = {}
         for k, t in self.w.items():  # keep tied tensors tied
+            if isinstance(t, ops.PackedLinear):
+                t = self.w["embed"] if k == "lm_head" and self.cfg.tie_embeddings else t.unpack()
             key = t.data_ptr()
             moved.setdefault(key, t.to(self.device, self.dtype).contiguous())
             self.w[k] = moved[key]
         self.cos, self.sin = self.cos.to(self.device), self.sin.to(self.device)
+        self._pack()
         return self
 
     # -- construction ---------------------------------------------------------------------------
@@ -346,8 +365,12 @@ class Model:
     @property
     def n_params(self) -> int:
         seen, n = set(), 0
-        for t in self.w.values():
-            if t.data_ptr() not in seen:
+        for k, t in self.w.items():
+            if k == "lm_head" and self.cfg.tie_embeddings:
+                continue  # the embedding table, counted once
+            if isinstance(t, ops.PackedLinear):
+                n += t.N * t.K
+            elif t.data_ptr() not in seen:
                 seen.add(t.data_ptr())
                 n += t.numel()
         return n

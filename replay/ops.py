@@ -94,19 +94,76 @@ def _p(t: torch.Tensor | None) -> int:
 # ---------------------------------------------------------------------------------------------
 # dense ops
 
-def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y = x @ w.T + bias.   x: (M, K), w: (N, K), bias: (N,) -> (M, N).
+class PackedLinear:
+    """A linear layer's weight (N, K), packed once for the CPU matmul (csrc/cpu/gemm.cpp): panels
+    of 16 output columns whose K rows come in the order in which the kernel reduces them.
+
+    data: (ceil(N/16), K, 16) float32 or bfloat16 (a bfloat16 weight stays bfloat16: the kernel
+          widens each panel row to float32 as it loads it, exactly, so the bits are those of the
+          float32 weight). It is the only copy: `unpack()` rebuilds the (N, K) matrix.
+    """
+
+    def __init__(self, w: torch.Tensor):
+        _check(isinstance(w, torch.Tensor) and w.dim() == 2 and w.device.type == "cpu",
+               f"PackedLinear: expected a 2-D CPU tensor, got {getattr(w, 'shape', w)!r}")
+        _check(w.dtype in (torch.float32, torch.bfloat16),
+               f"PackedLinear: expected float32 or bfloat16, got {w.dtype}")
+        if w.stride(1) != 1:
+            w = w.contiguous()
+        self.N, self.K = w.shape
+        self.data = torch.empty(-(-self.N // 16), self.K, 16, dtype=w.dtype)
+        bf16 = w.dtype == torch.bfloat16
+        if w.numel():
+            C().pack_weights(w.data_ptr(), bf16, self.N, self.K, w.stride(0),
+                             self.data.data_ptr(), bf16)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.N, self.K)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.data.dtype
+
+    def unpack(self) -> torch.Tensor:
+        """The (N, K) weight, in the packed dtype."""
+        K = self.K
+        k = torch.arange(K)
+        q, K16 = K // 16, K // 16 * 16
+        lane = k % 16
+        rev = ((lane & 1) << 3) | ((lane & 2) << 1) | ((lane & 4) >> 1) | ((lane & 8) >> 3)
+        row = torch.where(k < K16, rev * q + k // 16, k)         # (K,) panel row of column k
+        return self.data[:, row, :].permute(0, 2, 1).reshape(-1, K)[: self.N]
+
+    def __repr__(self):
+        return f"PackedLinear(N={self.N}, K={self.K}, dtype={self.dtype})"
+
+
+def pack_linear(w: torch.Tensor) -> PackedLinear:
+    """Pack a CPU weight (N, K) once for `linear` (float32 or bfloat16)."""
+    return PackedLinear(w)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor | PackedLinear,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ w.T + bias.   x: (M, K), w: (N, K) or a PackedLinear, bias: (N,) -> (M, N).
 
     Row m of y depends only on x[m], w and bias: K is reduced in one fixed order whatever M is.
+    On CPU, a plain tensor w is packed on every call; pack it once with `pack_linear`.
     """
     x = _f32("x", x, 2)
-    w = _f32("w", w, 2)
+    packed = isinstance(w, PackedLinear)
+    if not packed:
+        w = _f32("w", w, 2)
     _check(x.shape[1] == w.shape[1], f"linear: x is {tuple(x.shape)} but w is {tuple(w.shape)}")
     if bias is not None:
         bias = _f32("bias", bias, 1)
         _check(bias.shape[0] == w.shape[0], f"linear: bias has {bias.shape[0]} entries, w has "
                                             f"{w.shape[0]} rows")
-    if not _use_native(x, w):
+    if packed and (_BACKEND != "replay" or not x.device.type == "cpu"):
+        w = w.unpack().to(x.device, torch.float32)  # the torch / triton backends take (N, K)
+        packed = False
+    if not _use_native(x, w if not packed else x):
         return F.linear(x, w, bias)
     if _triton(x):
         from replay.kernels.matmul import matmul
@@ -114,8 +171,14 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -
     M, K = x.shape
     N = w.shape[0]
     out = torch.empty(M, N, dtype=torch.float32, device=x.device)
-    if M and N:
+    if not (M and N):
+        return out
+    if not packed:
         C().linear_f32(_p(x), _p(w), _p(bias), _p(out), M, N, K)
+        return out
+    if bias is not None and N % 16:  # the kernel reads the bias 16 columns at a time
+        bias = F.pad(bias, (0, 16 - N % 16))
+    C().linear_packed(_p(x), M, _p(w.data), w.dtype == torch.bfloat16, _p(bias), N, K, _p(out))
     return out
 
 

@@ -106,18 +106,41 @@ def test_linear_threads_do_not_matter(threads):
     assert torch.equal(ops.linear(x, w), one)
 
 
-def test_linear_simd_paths_agree():
-    """The scalar, AVX2 and AVX-512 micro-kernels implement one reduction order."""
-    M, N, K = 9, 13, 100  # full and edge tiles on every path, K tail of 4
+@pytest.mark.parametrize("M,N,K", [(9, 13, 100), (1, 40, 33), (14, 70, 257), (25, 33, 16),
+                                   (3, 100, 1), (13, 48, 48)])
+def test_linear_code_paths_and_schedules_agree(M, N, K):
+    """Every code path this CPU runs (scalar, AVX2, AVX-512), each with every register-tile
+    schedule (AVX2's 6 x 16, AVX-512's 12 x 32), gives the bits of ops.linear: full and edge
+    tiles, 1-3 row slivers (several lane steps at once), odd panel counts, K tails."""
     x, w, b = randn(M, K, seed=10), randn(N, K, seed=11), randn(N, seed=12)
-    outs = []
-    for isa in range(C().best_isa() + 1):
-        out = torch.empty(M, N)
-        C().linear_f32_isa(x.data_ptr(), w.data_ptr(), b.data_ptr(), out.data_ptr(), M, N, K, isa)
-        outs.append(out)
-    assert torch.equal(outs[-1], ops.linear(x, w, b))
-    for out in outs[:-1]:
-        assert torch.equal(out, outs[-1])
+    ref = ops.linear(x, w, b)
+    wp = ops.pack_linear(w)
+    bp = torch.nn.functional.pad(b, (0, -N % 16))
+    runs = 0
+    for isa in range(C().cpu_isa() + 1):
+        for sched in range(2):
+            out = torch.empty(M, N)
+            C().linear_sched(x.data_ptr(), M, wp.data.data_ptr(), bp.data_ptr(), N, K,
+                             out.data_ptr(), isa, sched)
+            assert torch.equal(out, ref), (isa, sched)
+            runs += 1
+    assert runs >= 4  # this machine runs at least the scalar and AVX2 paths
+
+
+def test_packed_linear_is_the_plain_linear():
+    """ops.pack_linear once, then linear: the same bits as the plain weight, float32 and bfloat16
+    (the kernel widens bfloat16 panels as it loads them: upcast-then-multiply's bits)."""
+    for M, N, K in ((1, 1, 1), (7, 33, 100), (33, 130, 257)):
+        x, w, b = randn(M, K, seed=M), randn(N, K, seed=N), randn(N, seed=K)
+        p = ops.pack_linear(w)
+        assert torch.equal(p.unpack(), w)
+        assert torch.equal(ops.linear(x, p, b), ops.linear(x, w, b))
+        wb = w.bfloat16()
+        pb = ops.pack_linear(wb)
+        assert pb.data.dtype == torch.bfloat16 and torch.equal(pb.unpack(), wb)
+        assert torch.equal(ops.linear(x, pb, b), ops.linear(x, wb.float(), b))
+        with ops.backend("torch"):  # the other backends unpack
+            assert torch.allclose(ops.linear(x, p, b), ops.linear(x, w, b), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
