@@ -21,7 +21,7 @@ import torch
 
 import replay
 from replay import ops, sampling
-from replay._ext import C
+from replay._ext import C, ISAS
 from replay.model import Model, ModelConfig
 
 PATH = os.path.join(os.path.dirname(__file__), "golden", "cpu.json")
@@ -134,19 +134,34 @@ def test_golden_covers_every_case(golden):
     assert sorted(golden) == sorted(CASES)
 
 
+@pytest.fixture(params=ISAS)
+def path(request):
+    """Each code path of the CPU kernels (scalar, AVX2, AVX-512): selected for the test, restored
+    after it; skipped where this CPU lacks it."""
+    isa = ISAS.index(request.param)
+    if isa > C().cpu_isa():
+        pytest.skip(f"this CPU has no {request.param} path")
+    before = C().isa()
+    C().select_isa(isa)
+    yield request.param
+    C().select_isa(before)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_kernel_bits_match_golden(golden, name):
-    assert _out(name) == golden[name], f"{name}: other bits than the committed golden digest"
+def test_kernel_bits_match_golden(golden, name, path):
+    assert _out(name) == golden[name], f"{name} on {path}: other bits than the golden digest"
 
 
 @pytest.mark.parametrize("M,N,K,bias", [(3, 5, 15, True), (97, 13, 257, True),
                                         (64, 48, 1031, True)])
-def test_linear_every_isa_matches_golden(golden, M, N, K, bias):
-    """Each compiled SIMD path of the linear kernel (scalar, AVX2, AVX-512 where the CPU has it)
-    gives the golden bits, not only the one this machine picks."""
+def test_linear_every_schedule_matches_golden(golden, M, N, K, bias, path):
+    """Each register-tile schedule of the matmul (AVX2's 6 x 16, AVX-512's 12 x 32) on each code
+    path gives the golden bits, not only the one this machine picks."""
     x, w, b = ints(M * 7 + K, M, K), ints(N * 11 + K, N, K, scale=0.25), ints(N, N)
     want = golden[f"linear_{M}x{N}x{K}_bias"]
-    for isa in range(C().best_isa() + 1):
+    wp, bp = ops.pack_linear(w), torch.nn.functional.pad(b, (0, -N % 16))
+    for sched in range(2):
         out = torch.empty(M, N)
-        C().linear_f32_isa(x.data_ptr(), w.data_ptr(), b.data_ptr(), out.data_ptr(), M, N, K, isa)
-        assert digest(out) == want, f"ISA {isa}"
+        C().linear_sched(x.data_ptr(), M, wp.data.data_ptr(), bp.data_ptr(), N, K, out.data_ptr(),
+                         ISAS.index(path), sched)
+        assert digest(out) == want, f"{path}, schedule {sched}"
