@@ -31,6 +31,8 @@ def split_k_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None =
     M, K = x.shape
     if M >= below or K < 2:
         return _linear(x, w, bias)
+    if isinstance(w, ops.PackedLinear):  # a model's CPU weights are packed for replay's kernel
+        w = w.unpack()
     h = K // 2
     out = _linear(x[:, :h].contiguous(), w[:, :h].contiguous()) + \
         _linear(x[:, h:].contiguous(), w[:, h:].contiguous())
