@@ -19,9 +19,7 @@ import torch
 
 from replay import ops, sampling
 from replay._ext import C, ISAS
-from replay.model import Model
-
-from conftest import small_config
+from replay.model import Model, ModelConfig
 
 
 def randn(*shape, seed=0, scale=1.0):
@@ -54,7 +52,7 @@ def every_op():
     out["sample"] = sampling.sample(logits, **kw)
     for k, v in sampling.score(logits, claimed=[1, 2, 3, 4, 5, 6], **kw).items():
         out["score_" + k] = v
-    model = Model.random(small_config(), seed=2, std=0.2)
+    model = Model.random(ModelConfig.preset("test-small"), seed=2, std=0.2)
     for i, lg in enumerate(model([[3, 1, 4, 1, 5], list(range(70))])):
         out[f"model_{i}"] = lg
     return out
