@@ -51,10 +51,8 @@ class _Seq:
 def seeded_sampler(logits: torch.Tensor, requests: list[Request], positions: list[int]
                    ) -> torch.Tensor:
     """replay's sampler (DESIGN §3) on logits [M, V]: one token per request at its position."""
-    ps = [r.params for r in requests]
-    return sampling.sample(logits, temperature=[p.temperature for p in ps],
-                           top_k=[p.top_k for p in ps], top_p=[p.top_p for p in ps],
-                           seed=[p.seed for p in ps], position=positions)
+    return sampling.sample(logits, **sampling.columns([r.params for r in requests]),
+                           position=positions)
 
 
 class Engine:

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 
 from replay.records import Batch, Record, RecordError, list_shards
-from replay.report import COLUMNS, RecordResult
+from replay.report import COLUMNS, RecordResult, failure_lines
 from replay.verify import Options, cost, packs, verify
 
 ROW_COLUMNS = ("key", "shard", "ordinal") + COLUMNS
@@ -253,11 +253,7 @@ class FleetResult:
         lines = [f"replay verify --ray: {c['records']} records ({self.resumed} from an earlier "
                  f"run), {c['tokens']:,} output tokens, {self.workers} workers",
                  f"  records: {c['pass']} pass, {c['fail']} fail, {c['error']} malformed"]
-        bad = self.rows[self.rows["verdict"] != "pass"]
-        for _, r in bad.head(max_lines).iterrows():
-            lines.append(f"  {r['verdict'].upper():5s} {r['request_id']}: {r['reason']}")
-        if len(bad) > max_lines:
-            lines.append(f"  ... and {len(bad) - max_lines} more")
+        lines += failure_lines(self.rows.to_dict("records"), max_lines)
         lines.append(f"  {self.seconds:.1f} s; results in {self.out}/records.parquet")
         return "\n".join(lines)
 

@@ -222,14 +222,23 @@ class ReplaySampler:
         rows = scores.float().cpu()
         if self.keep:
             self.logits.append(rows.clone())
-        ps = self.params
-        tok = sampling.sample(rows, temperature=[p.temperature for p in ps],
-                              top_k=[p.top_k for p in ps], top_p=[p.top_p for p in ps],
-                              seed=[p.seed for p in ps],
+        tok = sampling.sample(rows, **sampling.columns(self.params),
                               position=[n + done for n in self.prompt_lens])
         out = torch.full_like(scores, float("-inf"))
         out[torch.arange(B), tok.to(scores.device)] = 0.0
         return out
+
+
+def left_pad(seqs, pad_id: int):
+    """(ids, attention mask, position ids), each (B, L) int64, for token sequences padded on the
+    left to the longest; positions count from each row's first real token."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.int64)
+    mask = torch.zeros(len(seqs), L, dtype=torch.int64)
+    for b, s in enumerate(seqs):
+        ids[b, L - len(s):] = torch.as_tensor(s, dtype=torch.int64)
+        mask[b, L - len(s):] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def generate_records(hf_model, prompts, params, max_tokens: int = 32,
@@ -268,13 +277,8 @@ def generate_records(hf_model, prompts, params, max_tokens: int = 32,
     pad_id = pad_token_id if pad_token_id is not None else (hf_model.config.pad_token_id or 0)
     dev = next(hf_model.parameters()).device
 
-    L = max(len(p) for p in prompts)
-    ids = torch.full((B, L), pad_id, dtype=torch.int64)
-    mask = torch.zeros(B, L, dtype=torch.int64)
-    for b, p in enumerate(prompts):
-        ids[b, L - len(p):] = torch.tensor(p)
-        mask[b, L - len(p):] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)   # count from each row's first real token
+    ids, mask, pos = left_pad(prompts, pad_id)
+    L = ids.shape[1]
     sampler = ReplaySampler(params, [len(p) for p in prompts], L, keep_logits)
     gc = GenerationConfig(do_sample=False, max_new_tokens=max_tokens, min_new_tokens=0,
                           eos_token_id=stop or None, pad_token_id=pad_id, use_cache=True,
@@ -320,13 +324,7 @@ class HFVerifierModel:
             raise ValueError("HFVerifierModel: only whole sequences from position 0")
         seqs = [batch.tokens[int(batch.cu[i]): int(batch.cu[i + 1])]
                 for i in range(len(batch.pos0))]
-        S, L = len(seqs), max(len(s) for s in seqs)
-        ids = torch.zeros(S, L, dtype=torch.int64)
-        mask = torch.zeros(S, L, dtype=torch.int64)
-        for i, s in enumerate(seqs):
-            ids[i, L - len(s):] = s
-            mask[i, L - len(s):] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = left_pad(seqs, 0)
         dev = next(self.hf.parameters()).device
         with torch.no_grad(), replay_kernels(self.hf):
             h = self.hf.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev),

@@ -1,26 +1,15 @@
 """Acceptance policies: which output tokens the verifier accepts (docs/exfiltration.md).
 
-- exact: accept a token iff it equals the sampler's choice on the recomputed logits. For engines
-  that run replay's kernels, where honest traffic passes 100% of tokens.
-- tolerant: for engines that do not (stock vLLM, SGLang, HF): accept ("safe") if the score is
-  above a threshold; otherwise "suspicious" if the raw-logit rank is at most rank_threshold, else
-  "dangerous". The score is the Gumbel-max likelihood score gls = log Phi(-Delta / (sqrt(2)
-  sigma)), Delta the margin in logit units (default), or the inverse-probability-transform score
-  (score="ipt", sigma then in probability units; replay.scores).
-- prob_threshold: accept tokens whose probability under the recorded sampling distribution
-  (softmax(l / T) renormalised over the top-k / top-p kept set) is at least p_min.
-- top_k: accept tokens of raw-logit rank < k (rank = #{i : l_i > l_c}).
-
-Tokens that a policy does not accept are "dangerous" (tolerant: "suspicious" or "dangerous").
-
-Each policy is one class and owns all of its behaviour, so that adding a policy is adding a class:
-- `accepts(scores)` and `suspicious(scores)` on the score columns, from which `verdicts` follow;
+A policy is one class that owns its behaviour, so adding a policy is adding a class here:
+- `accepts(scores)` and `suspicious(scores)` on the score columns, from which `verdicts` follow
+  ('safe', 'suspicious' or 'dangerous');
 - `mask(logits, params, positions)`: the accepted set at each position, which the bound counts
   (replay.bound) and the arithmetic-coding attacker codes in;
 - `needs`: the score columns beyond sampling.score's that it reads ("sample_prob", "ipt"), which a
-  Scorer (replay.verify) must provide;
-- `gls_sigma`: the sigma of the report's gls column; `single`: whether it accepts exactly one
-  token per position (then nothing can be hidden).
+  Scorer (replay.verify) must provide; `gls_sigma`: the sigma of the report's gls column;
+  `single`: it accepts exactly one token per position (then nothing can be hidden).
+Build them as Policy.exact(), Policy.tolerant(...), Policy.prob_threshold(p_min),
+Policy.top_k(k), or Policy.from_dict(a report.json's policy).
 """
 from __future__ import annotations
 
@@ -47,34 +36,17 @@ def _column(scores: dict, name: str, policy: str) -> torch.Tensor:
 
 
 class Policy:
-    """The base of the policies; build them with Policy.exact(), Policy.tolerant(...),
-    Policy.prob_threshold(p_min), Policy.top_k(k), or Policy.from_dict(report.json's policy)."""
-
     kind: ClassVar[str] = ""
-    single: ClassVar[bool] = False     # accepts exactly one token per position
+    single: ClassVar[bool] = False
+    needs: ClassVar[frozenset[str]] = frozenset()
+    gls_sigma: ClassVar[float] = 1.0
+    gls_cut: ClassVar[float | None] = None   # gls at or below which it rejects, if it judges by gls
     rank_threshold: ClassVar[int | None] = None  # two-step charging: see suspicious()
     _kinds: ClassVar[dict[str, type]] = {}
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         Policy._kinds[cls.kind] = cls
-
-    @staticmethod
-    def exact() -> "Policy":
-        return Exact()
-
-    @staticmethod
-    def tolerant(gls_threshold: float = -5.0, rank_threshold: int = 32, sigma: float = 1.0,
-                 score: str = "gls") -> "Policy":
-        return Tolerant(gls_threshold, rank_threshold, sigma, score)
-
-    @staticmethod
-    def prob_threshold(p_min: float) -> "Policy":
-        return ProbThreshold(p_min)
-
-    @staticmethod
-    def top_k(k: int) -> "Policy":
-        return TopK(k)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Policy":
@@ -89,21 +61,6 @@ class Policy:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, **dataclasses.asdict(self)}
-
-    @property
-    def needs(self) -> frozenset[str]:
-        """Score columns beyond sampling.score's that accepts() reads."""
-        return frozenset()
-
-    @property
-    def gls_sigma(self) -> float:
-        """Sigma of the report's gls column (the policy's own where it judges by gls)."""
-        return 1.0
-
-    @property
-    def gls_cut(self) -> float | None:
-        """The gls value at or below which the policy rejects, if it judges by gls."""
-        return None
 
     def accepts(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
         """BoolTensor: the tokens the policy accepts ('safe')."""
@@ -127,6 +84,8 @@ class Policy:
 
 @dataclass(frozen=True)
 class Exact(Policy):
+    """Accept a token iff it is the sampler's choice on the recomputed logits: for engines that
+    run replay's kernels, where honest traffic passes 100% of tokens."""
     kind: ClassVar[str] = "exact"
     single: ClassVar[bool] = True
 
@@ -136,18 +95,22 @@ class Exact(Policy):
     def mask(self, logits, params, positions):
         from replay import sampling
 
-        choice = sampling.sample(logits, params["temperature"], params["top_k"], params["top_p"],
-                                 params["seed"], positions)
+        choice = sampling.sample(logits, **params, position=positions)
         return torch.nn.functional.one_hot(choice, logits.shape[1]).bool()
 
 
 @dataclass(frozen=True)
 class Tolerant(Policy):
+    """For engines that do not run replay's kernels (stock vLLM, SGLang, HF): accept ('safe') if
+    the score is above gls_threshold, else 'suspicious' if the raw-logit rank is at most
+    rank_threshold, else 'dangerous'. The score is gls = log Phi(-Delta / (sqrt(2) sigma)), Delta
+    the margin in logit units (score="gls"), or the inverse-probability-transform score
+    (score="ipt", sigma in probability units; replay.scores)."""
     kind: ClassVar[str] = "tolerant"
-    gls_threshold: float = -5.0   # threshold on the score (gls or ipt)
-    rank_threshold: int = 32      # failing tokens of rank <= this are "suspicious"
-    sigma: float = 1.0            # gls in logit units; ipt in probability units
-    score: str = "gls"            # "gls" or "ipt"
+    gls_threshold: float = -5.0
+    rank_threshold: int = 32
+    sigma: float = 1.0
+    score: str = "gls"
 
     def __post_init__(self):
         if not self.sigma > 0:
@@ -167,14 +130,10 @@ class Tolerant(Policy):
     def gls_cut(self):
         return self.gls_threshold if self.score == "gls" else None
 
-    def tolerant_score(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The score per token: gls from the margin, or the ipt column."""
-        if self.score == "ipt":
-            return _column(scores, "ipt", "tolerant (score='ipt')").double()
-        return gls(scores["margin"], self.sigma)
-
     def accepts(self, scores):
-        return self.tolerant_score(scores) > self.gls_threshold
+        if self.score == "ipt":
+            return _column(scores, "ipt", "tolerant (score='ipt')").double() > self.gls_threshold
+        return gls(scores["margin"], self.sigma) > self.gls_threshold
 
     def suspicious(self, scores):
         return torch.as_tensor(scores["rank"]) <= self.rank_threshold
@@ -190,16 +149,15 @@ class Tolerant(Policy):
 
 @dataclass(frozen=True)
 class ProbThreshold(Policy):
+    """Accept tokens whose probability under the recorded sampling distribution (softmax(l / T)
+    renormalised over the top-k / top-p kept set) is at least p_min."""
     kind: ClassVar[str] = "prob_threshold"
+    needs: ClassVar[frozenset[str]] = frozenset({"sample_prob"})
     p_min: float = 0.0
 
     def __post_init__(self):
         if not 0 <= self.p_min <= 1:
             raise ValueError(f"prob_threshold policy: p_min must be in [0, 1], got {self.p_min}")
-
-    @property
-    def needs(self):
-        return frozenset({"sample_prob"})
 
     def accepts(self, scores):
         return _column(scores, "sample_prob", "prob_threshold") >= self.p_min
@@ -210,6 +168,7 @@ class ProbThreshold(Policy):
 
 @dataclass(frozen=True)
 class TopK(Policy):
+    """Accept tokens of raw-logit rank < k (rank = #{i : l_i > l_c})."""
     kind: ClassVar[str] = "top_k"
     k: int = 1
 
@@ -223,3 +182,8 @@ class TopK(Policy):
     def mask(self, logits, params, positions):
         kth = torch.topk(logits, min(self.k, logits.shape[1]), dim=1).values[:, -1:]
         return logits >= kth  # rank #{l_i > l_c} < k  <=>  l_c >= the k-th largest value
+
+
+# The constructors: Policy.tolerant(gls_threshold, rank_threshold, sigma, score) is Tolerant(...).
+Policy.exact, Policy.tolerant, Policy.prob_threshold, Policy.top_k = (Exact, Tolerant,
+                                                                       ProbThreshold, TopK)

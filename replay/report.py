@@ -218,11 +218,7 @@ class Report:
         if c["hidden_bits"] is not None:
             lines.append(f"  hidden capacity: {c['hidden_bits']:.0f} bits of a "
                          f"{c['channel_bits']:,.0f}-bit channel")
-        bad = [r for r in self.records if r.verdict != "pass"]
-        for r in bad[:max_lines]:
-            lines.append(f"  {r.verdict.upper():5s} {r.request_id}: {r.reason}")
-        if len(bad) > max_lines:
-            lines.append(f"  ... and {len(bad) - max_lines} more")
+        lines += failure_lines(self.records, max_lines)
         if c["tokens_per_second"]:
             lines.append(f"  verified in {c['seconds']:.2f} s "
                          f"({c['tokens_per_second']:,.0f} tokens/s)")
@@ -232,6 +228,15 @@ class Report:
         c = self.counts()
         return (f"Report({c['records']} records: {c['pass']} pass, {c['fail']} fail, "
                 f"{c['error']} error; {c['tokens']} tokens)")
+
+
+def failure_lines(rows, max_lines: int) -> list[str]:
+    """One summary line per row that did not pass (RecordResults, or mappings of their fields),
+    at most max_lines of them, then how many more."""
+    bad = [r for r in rows if r["verdict"] != "pass"]
+    more = [f"  ... and {len(bad) - max_lines} more"] if len(bad) > max_lines else []
+    return [f"  {r['verdict'].upper():5s} {r['request_id']}: {r['reason']}"
+            for r in bad[:max_lines]] + more
 
 
 def _json_default(o):

@@ -142,6 +142,11 @@ def _cuda(l, rows):
     return tuple(t.to(l.device) for t in rows), extra
 
 
+def columns(params) -> dict[str, list]:
+    """The per-row arguments of SamplingParams rows: sample(logits, **columns(ps), position=t)."""
+    return {k: [getattr(p, k) for p in params] for k in ("temperature", "top_k", "top_p", "seed")}
+
+
 def sample(logits, temperature, top_k, top_p, seed, position) -> torch.Tensor:
     """The sampler on every row of logits [M, V] (float32 on CPU; float32 or bfloat16 on CUDA):
     LongTensor [M] of token ids, on the logits' device."""

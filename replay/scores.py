@@ -46,7 +46,7 @@ def rows(params_rows, n: int) -> dict:
     ps = [params_rows] if hasattr(params_rows, "temperature") else list(params_rows)
     if len(ps) == 1 and n != 1:
         ps = ps * n
-    return {k: [getattr(p, k) for p in ps] for k in ("temperature", "top_k", "top_p", "seed")}
+    return sampling.columns(ps)
 
 
 def _positions(positions, n: int) -> list[int]:

@@ -1,26 +1,16 @@
-"""The teacher-forced verifier (DESIGN §5): one pipeline that every caller runs.
+"""The teacher-forced verifier (DESIGN §5): one pipeline, which the CLI, the fleet, the watcher,
+score_stock, the attackers' receiver and bench/exfil.py all run.
 
     report = replay.verify(batch, model=model)            # exact policy
-    print(report.summary())
-
-    opts = Options(policy=Policy.tolerant(), token_budget=8192, seed_key=key)
+    opts = Options(policy=Policy.tolerant(), seed_key=key)
     report = verify(batch, model, options=opts, scorer=ExponentialRace())   # a stock engine
 
-The pipeline, each step written once:
-1. validate: Batch.validate (the one validator) against the model; a bad record becomes one error
-   row and never costs the others their verdicts;
-2. pack: `packs` groups consecutive records by a token budget (prompt + output - 1 each);
-3. forward: `teacher_forced` runs one teacher-forced forward pass per pack and yields the output
-   positions (`Position`) with their logits rows, chunk by chunk, so [tokens, vocab] logits are
-   never held for a whole pack;
-4. score: a `Scorer` turns each chunk's rows into score columns; the policy turns those into
-   verdicts (Policy.verdicts);
-5. report: Report collects the token table and one RecordResult per input record.
-
-The fleet (replay.fleet), the watcher (replay.watch), score_stock (replay.adapters), the
-attackers' receiver (replay.attacks.teacher_forced_logits) and bench/exfil.py all run through it.
-
-This module never imports the engine: it shares only the model, the sampler and the ops with it.
+validate (Batch.validate: a bad record is one error row, never the others' loss) -> pack
+(`packs`, by a token budget) -> forward (`teacher_forced`: one pass per pack, yielding Positions
+with their logits rows chunk by chunk, so [tokens, vocab] logits are never held for a pack) ->
+score (a `Scorer`) -> verdicts (the Policy) -> Report (the token table, one RecordResult per
+input record). This module never imports the engine: it shares only the model, the sampler and
+the ops with it.
 """
 from __future__ import annotations
 
@@ -167,7 +157,7 @@ class ReplayScorer:
     def score(self, logits, positions, policy):
         params = [p.params for p in positions]
         pos, tok = [p.position for p in positions], [p.token for p in positions]
-        sc = sampling.score(logits, **S.rows(params, len(params)), position=pos, claimed=tok)
+        sc = sampling.score(logits, **sampling.columns(params), position=pos, claimed=tok)
         sc.update(self.row_columns(logits, params, pos, tok, policy))
         return sc
 
@@ -250,6 +240,9 @@ def verify(batch, model, policy: Policy | None = None, *, options: Options | Non
     kept: dict[str, list] = {}
     for where, logits in teacher_forced(model, good, opts):
         sc = scorer.score(logits, where, pol)
+        missing = [k for k in BASE_COLUMNS + tuple(sorted(pol.needs)) if k not in sc]
+        if missing:
+            raise ValueError(f"{type(scorer).__name__} gave no {missing} columns (Scorer)")
         sc["gls"] = gls(sc["margin"], pol.gls_sigma)
         report.add_tokens(where, sc, pol.verdicts(sc))
         if keep_logits:
