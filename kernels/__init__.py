@@ -12,13 +12,12 @@ that triton is missing.
 """
 import importlib
 
-_MODULES = ("matmul", "rmsnorm", "log_softmax", "elementwise", "attention", "sampler")
+_MODULES = ("matmul", "rmsnorm", "log_softmax", "elementwise", "attention")
 _EXPORTS = {
     "mm": "matmul", "addmm": "matmul", "MATMUL_CONFIGS": "matmul",
     "rms_norm": "rmsnorm", "add_rms_norm": "rmsnorm",
     "silu_mul": "elementwise", "rope_": "elementwise",
     "ATTENTION_CONFIGS": "attention", "AttentionConfig": "attention",
-    "sample": "sampler",
 }
 
 __all__ = sorted(_EXPORTS) + ["available"]

@@ -287,6 +287,28 @@ def log_softmax(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+# the sampler
+
+def sampler_kernel(logits: torch.Tensor, score: bool):
+    """(kernel, extra keyword arguments) of replay._C that samples (score=False) or scores rows of
+    `logits` on their device: csrc/cpu/sampler.cpp on CPU, csrc/cuda/score.cu on CUDA, whose
+    per-row math is the same REPLAY_HD code (the one GPU sampler; kernels/README.md says why).
+    Every backend uses it: the sampler is the definition (DESIGN §3), not an op that "torch" or
+    "triton" may stand in for. replay.sampling checks the arguments and calls this."""
+    if logits.device.type == "cpu":
+        return (C().score_f32 if score else C().sample_f32), {}
+    if logits.device.type != "cuda":
+        raise NotImplementedError(f"replay's sampler has no kernel for device "
+                                  f"{logits.device.type!r}; sample on CPU or CUDA")
+    if not getattr(C(), "has_cuda", False):
+        raise RuntimeError("logits are on CUDA but replay._C was built without CUDA kernels "
+                           "(nvcc was not found at build time); rebuild with nvcc on PATH")
+    extra = dict(stream=torch.cuda.current_stream(logits.device).cuda_stream,
+                 bf16=logits.dtype == torch.bfloat16)
+    return (C().score_cuda_f32 if score else C().sample_cuda_f32), extra
+
+
+# ---------------------------------------------------------------------------------------------
 # attention
 
 def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, cu_q: torch.Tensor,

@@ -41,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from replay import ops
 from replay._ext import C
 
 _U64 = 1 << 64
@@ -131,17 +132,6 @@ def _ptrs(l, rows):
     return (l.data_ptr(), l.shape[0], l.shape[1], l.stride(0), *(t.data_ptr() for t in rows))
 
 
-def _cuda(l, rows):
-    """CUDA logits: the per-row arguments move to the device; the kernel is csrc/cuda/score.cu,
-    whose per-row math is the same REPLAY_HD code as the CPU's."""
-    if not getattr(C(), "has_cuda", False):
-        raise RuntimeError("logits are on CUDA but replay._C was built without CUDA kernels "
-                           "(nvcc was not found at build time); rebuild with nvcc on PATH")
-    extra = dict(stream=torch.cuda.current_stream(l.device).cuda_stream,
-                 bf16=l.dtype == torch.bfloat16)
-    return tuple(t.to(l.device) for t in rows), extra
-
-
 def columns(params) -> dict[str, list]:
     """The per-row arguments of SamplingParams rows: sample(logits, **columns(ps), position=t)."""
     return {k: [getattr(p, k) for p in params] for k in ("temperature", "top_k", "top_p", "seed")}
@@ -152,11 +142,9 @@ def sample(logits, temperature, top_k, top_p, seed, position) -> torch.Tensor:
     LongTensor [M] of token ids, on the logits' device."""
     l, rows = _params(logits, temperature, top_k, top_p, seed, position)
     out = torch.empty(l.shape[0], dtype=torch.int64, device=l.device)
-    if l.is_cuda:
-        rows, extra = _cuda(l, rows)
-        C().sample_cuda_f32(*_ptrs(l, rows), out.data_ptr(), **extra)
-        return out
-    C().sample_f32(*_ptrs(l, rows), out.data_ptr())
+    fn, extra = ops.sampler_kernel(l, score=False)
+    rows = tuple(t.to(l.device) for t in rows)
+    fn(*_ptrs(l, rows), out.data_ptr(), **extra)
     return out
 
 
@@ -176,12 +164,9 @@ def score(logits, temperature, top_k, top_p, seed, position, claimed) -> dict[st
              in_top_k=torch.empty(M, dtype=torch.bool, device=dev),
              in_top_p=torch.empty(M, dtype=torch.bool, device=dev),
              margin=torch.empty(M, device=dev), kept=torch.empty(M, dtype=torch.int64, device=dev))
-    extra = {}
-    fn = C().score_f32
-    if l.is_cuda:
-        rows, extra = _cuda(l, rows)
-        c = c.to(dev)
-        fn = C().score_cuda_f32
+    fn, extra = ops.sampler_kernel(l, score=True)
+    rows = tuple(t.to(dev) for t in rows)
+    c = c.to(dev)
     fn(*_ptrs(l, rows), c.data_ptr(), o["choice"].data_ptr(), o["logprob"].data_ptr(),
        o["rank"].data_ptr(), o["in_top_k"].data_ptr(), o["in_top_p"].data_ptr(),
        o["margin"].data_ptr(), o["kept"].data_ptr(), **extra)
