@@ -41,3 +41,15 @@ def num_sms(device: torch.device) -> int:
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+def upload(tensors, device: torch.device) -> list[torch.Tensor]:
+    """Host int64 tensors onto `device` in one copy that does not make the host wait: packed into
+    one pinned buffer, copied with non_blocking=True, handed back as views. A plain .to(device)
+    of pageable memory is a blocking copy, which stalls the host like a read-back does. On the
+    CPU (the interpreter) the tensors come back as they are."""
+    if device.type != "cuda":
+        return list(tensors)
+    flat = torch.cat([t.reshape(-1).to(torch.int64) for t in tensors])
+    dev = flat.pin_memory().to(device, non_blocking=True)
+    return list(dev.split([t.numel() for t in tensors]))

@@ -20,12 +20,13 @@ differently.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import check, check_float, next_pow2, num_sms
+from ._common import check, check_float, next_pow2, num_sms, upload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,26 +199,42 @@ def _attention_merge_kernel(
              o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))
 
 
-def _plan(cu_q: torch.Tensor, pos0: torch.Tensor, block_m: int, split: int):
-    """Host-side tables: (tile_seq, tile_q0) for every BLOCK_M-query tile of every sequence, each
-    query's absolute position, and the most splits any sequence needs."""
-    cu = cu_q.cpu()
+class Tiles(NamedTuple):
+    """The tile table of one packed batch for one configuration, built on the host from the chunk
+    lengths (`plan`) once per forward and shared by every layer, so that no launch reads a
+    length back from the device."""
+    seq: torch.Tensor      # (n_tiles,) int64: the sequence of each BLOCK_M-query tile
+    q0: torch.Tensor       # (n_tiles,) int64: index of the tile's first query in its sequence
+    row_pos: torch.Tensor  # (T,) int64: absolute position of every query
+    n_slots: int           # the most splits any query needs
+    block_m: int
+    split: int
+
+
+def plan(cu_q: torch.Tensor, pos0: torch.Tensor, device: torch.device,
+         config: AttentionConfig) -> Tiles:
+    """Tiles of the chunks cu_q (S+1,) at positions pos0 (S,) for `config`, on `device`. Pass
+    host tensors: a device tensor is read back first (a sync)."""
+    cu = cu_q.cpu().to(torch.int64)
+    p0 = pos0.cpu().to(torch.int64)
     n = cu[1:] - cu[:-1]
-    p0 = pos0.cpu()
-    S, T = n.shape[0], int(cu[-1])
-    tiles = (n + block_m - 1) // block_m
+    S, T = n.shape[0], int(cu[-1]) if len(cu) else 0
+    bm, split = config.BLOCK_M, config.SPLIT
+    tiles = (n + bm - 1) // bm
     tile_seq = torch.repeat_interleave(torch.arange(S), tiles)
     first_tile = torch.cumsum(tiles, 0) - tiles
-    tile_q0 = (torch.arange(tile_seq.shape[0]) - first_tile[tile_seq]) * block_m
+    tile_q0 = (torch.arange(tile_seq.shape[0]) - first_tile[tile_seq]) * bm
     row_seq = torch.repeat_interleave(torch.arange(S), n, output_size=T)
     row_pos = p0[row_seq] + torch.arange(T) - cu[:-1][row_seq]
     n_slots = int(((row_pos // split) + 1).max()) if T else 0
-    return tile_seq, tile_q0, row_pos, n_slots
+    seq, q0, pos = upload((tile_seq, tile_q0, row_pos), device)
+    return Tiles(seq, q0, pos, n_slots, bm, split)
 
 
 def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, cu_q: torch.Tensor,
               pos0: torch.Tensor, kv_start: torch.Tensor, scale: float, window: int = 0, *,
-              split_kv: bool | None = None, config: AttentionConfig | None = None) -> torch.Tensor:
+              split_kv: bool | None = None, config: AttentionConfig | None = None,
+              tiles: Tiles | None = None) -> torch.Tensor:
     """Causal attention of packed variable-length query chunks over a KV buffer.
 
     q:        (T, Hq, D)   queries of S sequences, packed; sequence s owns rows cu_q[s]:cu_q[s+1]
@@ -230,6 +247,8 @@ def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, cu_q: t
     split_kv: run splits as separate programs (None: when the query tiles are too few to fill the
               GPU); the result is bitwise the same either way
     config:   tests only; the default is ATTENTION_CONFIGS[q.dtype], which the replay contract needs
+    tiles:    plan(cu_q, pos0, ...) made once for the batch (replay.ops.plan_attention does, per
+              forward); without it this call makes one, reading cu_q and pos0 back to the host
     returns   (T, Hq, D) in q.dtype
 
     The query at position p attends to positions max(0, p-window+1)..p of its sequence (see
@@ -254,8 +273,12 @@ def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, cu_q: t
     if T == 0 or Hq == 0 or D == 0:
         return out
     dev = q.device
-    tile_seq, tile_q0, row_pos, n_slots = _plan(cu_q, pos0, cfg.BLOCK_M, cfg.SPLIT)
-    n_tiles = tile_seq.shape[0]
+    if tiles is None:
+        tiles = plan(cu_q, pos0, dev, cfg)
+    check((tiles.block_m, tiles.split) == (cfg.BLOCK_M, cfg.SPLIT) and tiles.row_pos.shape == (T,),
+          f"attention: tiles planned for BLOCK_M {tiles.block_m}, SPLIT {tiles.split} and "
+          f"{tiles.row_pos.shape[0]} queries; this call has {cfg.BLOCK_M}, {cfg.SPLIT}, {T}")
+    n_slots, n_tiles = tiles.n_slots, tiles.seq.shape[0]
     state_bytes = T * Hq * n_slots * (D + 2) * 4
     if split_kv is None:
         split_kv = (n_slots > 1 and n_tiles * Hq < 2 * num_sms(dev)
@@ -273,7 +296,7 @@ def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, cu_q: t
     cu_q, pos0, kv_start = cu_q.to(**i64), pos0.to(**i64), kv_start.to(**i64)
     _attention_kernel[grid](
         q, k_buf, v_buf, out, part_m, part_l, part_acc,
-        tile_seq.to(**i64), tile_q0.to(**i64), cu_q, pos0, kv_start,
+        tiles.seq, tiles.q0, cu_q, pos0, kv_start,
         D, Hq // Hkv, n_slots, int(window), float(scale),
         q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), out.stride(0), out.stride(1),
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_D=BLOCK_D, SPLIT=cfg.SPLIT,
@@ -281,7 +304,7 @@ def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, cu_q: t
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=False)
     if split_kv:
         _attention_merge_kernel[(triton.cdiv(T, MERGE_BLOCK_R), Hq)](
-            out, part_m, part_l, part_acc, row_pos.to(**i64),
+            out, part_m, part_l, part_acc, tiles.row_pos,
             T, D, n_slots, int(window), out.stride(0), out.stride(1),
             BLOCK_R=MERGE_BLOCK_R, BLOCK_D=BLOCK_D, SPLIT=cfg.SPLIT, enable_fp_fusion=False)
     return out

@@ -225,6 +225,22 @@ class KVBuffer:
         self.rows = rows
 
 
+@dataclass
+class ForwardPlan:
+    """One forward's inputs on the model's device, prepared on the host from a Varlen batch
+    (`Model.plan`): everything the layers read, so that the forward never waits on the device.
+
+    tokens, positions, rows: (T,) ids, absolute positions, KV-buffer rows (on the device)
+    max_pos:                 the largest position (host int; the rotary table's bound)
+    attn:                    the attention offsets and tile tables, shared by every layer
+    """
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    rows: torch.Tensor
+    max_pos: int
+    attn: ops.AttentionPlan
+
+
 # ---------------------------------------------------------------------------------------------
 # the model
 
@@ -310,20 +326,35 @@ class Model:
 
     # -- forward -------------------------------------------------------------------------------
 
-    def forward(self, batch: Varlen, kv: KVBuffer) -> torch.Tensor:
-        """Hidden states after the final norm, (T, hidden). Writes each token's keys and values
-        into kv at its buffer row (Varlen.positions_and_rows) and attends over the buffer."""
-        cfg, w = self.cfg, self.w
+    def plan(self, batch: Varlen, kv: KVBuffer) -> ForwardPlan:
+        """Check a batch against the model and the buffer, and lay it out on the device, on the
+        host from the batch's host-side lengths: the only host work of a forward. A plan can be
+        run again (a CUDA graph replays one) as long as the batch's tokens stay the same."""
+        cfg = self.cfg
         T = len(batch.tokens)
-        Hq, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         pos, rows = batch.positions_and_rows()
-        if T and int(pos.max()) >= cfg.max_context:
-            raise ValueError(f"position {int(pos.max())} exceeds the model's context "
-                             f"({cfg.max_context})")
-        dev = self.device
-        pos, rows = pos.to(dev), rows.to(dev)
-        cu, pos0, kv_start = batch.cu.to(dev), batch.pos0.to(dev), batch.kv_start.to(dev)
-        x = w["embed"][batch.tokens.to(dev)]                               # (T, hidden)
+        max_pos = int(pos.max()) if T else 0
+        if max_pos >= cfg.max_context:
+            raise ValueError(f"position {max_pos} exceeds the model's context ({cfg.max_context})")
+        if T and not (0 <= int(batch.tokens.min()) and int(batch.tokens.max()) < cfg.vocab_size):
+            raise ValueError(f"batch: a token id is outside the vocabulary (0..{cfg.vocab_size - 1})")
+        attn = ops.plan_attention(batch.cu, batch.pos0, batch.kv_start, self.device, self.dtype)
+        if attn.rows_needed > kv.rows:
+            raise ValueError(f"batch: a sequence needs buffer row {attn.rows_needed - 1}, the KV "
+                             f"buffer has {kv.rows} rows")
+        from replay.kernels._common import upload
+        tokens, pos, rows = upload((batch.tokens, pos, rows), self.device)
+        return ForwardPlan(tokens, pos, rows, max_pos, attn)
+
+    def forward(self, batch: Varlen | ForwardPlan, kv: KVBuffer) -> torch.Tensor:
+        """Hidden states after the final norm, (T, hidden). Writes each token's keys and values
+        into kv at its buffer row (Varlen.positions_and_rows) and attends over the buffer.
+        A Varlen is planned first (`plan`); the layers then read nothing back from the device."""
+        cfg, w = self.cfg, self.w
+        plan = batch if isinstance(batch, ForwardPlan) else self.plan(batch, kv)
+        T = plan.tokens.shape[0]
+        Hq, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        x = w["embed"][plan.tokens]                                        # (T, hidden)
         residual = None
         for i in range(cfg.n_layers):
             p = f"layers.{i}."
@@ -338,12 +369,12 @@ class Model:
             if cfg.qk_norm:
                 q = ops.rms_norm(q.view(T * Hq, D), w[p + "qnorm"], cfg.rms_norm_eps).view(T, Hq, D)
                 k = ops.rms_norm(k.view(T * Hkv, D), w[p + "knorm"], cfg.rms_norm_eps).view(T, Hkv, D)
-            ops.rope_(q, pos, self.cos, self.sin)
-            ops.rope_(k, pos, self.cos, self.sin)
-            kv.k[i][rows] = k
-            kv.v[i][rows] = v
-            o = ops.attention(q, kv.k[i], kv.v[i], cu, pos0, kv_start, 1.0 / math.sqrt(D),
-                              cfg.window, validate=i == 0)                  # (T, Hq, D)
+            ops.rope_(q, plan.positions, self.cos, self.sin, max_pos=plan.max_pos)
+            ops.rope_(k, plan.positions, self.cos, self.sin, max_pos=plan.max_pos)
+            kv.k[i][plan.rows] = k
+            kv.v[i][plan.rows] = v
+            o = ops.attention(q, kv.k[i], kv.v[i], scale=1.0 / math.sqrt(D), window=cfg.window,
+                              plan=plan.attn)                       # (T, Hq, D)
             x = ops.linear(o.view(T, Hq * D), w[p + "wo"], w.get(p + "bo"))
             h, residual = ops.add_rms_norm(x, residual, w[p + "ln2"], cfg.rms_norm_eps)
             x = ops.linear(ops.silu_mul(ops.linear(h, w[p + "wgu"])), w[p + "wdown"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -237,11 +238,14 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def rope_(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+def rope_(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+          max_pos: int | None = None):
     """Rotary embedding in place, rotate-half convention (Llama, Qwen, Mistral in HF).
 
     x: (T, H, D) contiguous, positions: (T,) absolute positions, cos/sin: (max_pos, D/2).
     out[:h] = x[:h]*cos - x[h:]*sin ; out[h:] = x[h:]*cos + x[:h]*sin, with h = D/2.
+    max_pos: the largest of `positions`, known on the host (a model plans it once per forward);
+    without it it is read from `positions`, which on a GPU is a sync.
     """
     _check((x.dtype in _CUDA_DTYPES if x.is_cuda else x.dtype == torch.float32)
            and x.dim() == 3 and x.is_contiguous(),
@@ -254,8 +258,10 @@ def rope_(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torc
     _check(cos.shape[1] * 2 == D and sin.shape == cos.shape,
            f"rope_: head dim {D} needs cos/sin tables of width {D // 2}, got {tuple(cos.shape)}")
     _check(positions.shape == (T,), f"rope_: positions is {tuple(positions.shape)}, expected ({T},)")
-    if T and int(positions.max()) >= cos.shape[0]:
-        raise ValueError(f"rope_: position {int(positions.max())} is beyond the rotary table "
+    if T and max_pos is None:
+        max_pos = int(positions.max())
+    if T and max_pos >= cos.shape[0]:
+        raise ValueError(f"rope_: position {max_pos} is beyond the rotary table "
                          f"({cos.shape[0]} positions); the sequence exceeds the model's context")
     if not _use_native(x, positions):
         c = cos[positions].unsqueeze(1)  # (T, 1, D/2)
@@ -311,9 +317,70 @@ def sampler_kernel(logits: torch.Tensor, score: bool):
 # ---------------------------------------------------------------------------------------------
 # attention
 
-def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, cu_q: torch.Tensor,
-              pos0: torch.Tensor, kv_start: torch.Tensor, scale: float | None = None,
-              window: int = 0, validate: bool = True) -> torch.Tensor:
+@dataclass
+class AttentionPlan:
+    """One packed batch's attention metadata, checked and laid out on the host once per forward
+    and shared by every layer (`plan_attention`): no op of the forward reads a length back from
+    the device, which would stall the host once per layer."""
+    cu_q: torch.Tensor       # (S+1,) int64 on the device: query offsets
+    pos0: torch.Tensor       # (S,)   absolute position of each chunk's first query
+    kv_start: torch.Tensor   # (S,)   buffer row of each sequence's position 0
+    tok_seq: torch.Tensor    # (T,)   chunk of each query (the torch backend's gather)
+    tok_idx: torch.Tensor    # (T,)   index of each query in its chunk
+    host: tuple              # (cu_q, pos0) on the host, for kernel tile tables made later
+    T: int                   # queries
+    max_q: int               # longest chunk
+    max_kv: int              # most keys a chunk reads (pos0 + chunk length)
+    rows_needed: int         # buffer rows the batch reads: the KV buffer must have this many
+    tiles: dict = field(default_factory=dict)  # dtype -> replay.kernels.attention.Tiles
+
+
+def plan_attention(cu_q: torch.Tensor, pos0: torch.Tensor, kv_start: torch.Tensor,
+                   device=None, dtype: torch.dtype | None = None) -> AttentionPlan:
+    """Check the offsets of a packed batch and lay them out for `attention` on `device`.
+
+    cu_q (S+1,), pos0 (S,), kv_start (S,): integer tensors, on the host (a device tensor is read
+    back first, which is a sync). With `dtype`, the Triton kernel's tile table for that dtype is
+    made now too (it would be on first use otherwise). Device copies do not make the host wait.
+    """
+    cu, p0, ks = (_i64(n, t).cpu() for n, t in (("cu_q", cu_q), ("pos0", pos0),
+                                                ("kv_start", kv_start)))
+    S = p0.shape[0]
+    _check(cu.shape == (S + 1,) and ks.shape == (S,) and cu.dim() == 1,
+           f"attention: cu_q must have S+1={S + 1} entries and kv_start S={S}")
+    n = cu[1:] - cu[:-1]
+    T = int(cu[-1])
+    _check(int(cu[0]) == 0, "attention: cu_q must start at 0")
+    _check(bool((n >= 0).all()), "attention: cu_q must be non-decreasing")
+    _check(bool((ks >= 0).all()) and bool((p0 >= 0).all()),
+           "attention: pos0 and kv_start must be >= 0")
+    n_kv = p0 + n
+    tok_seq = torch.repeat_interleave(torch.arange(S), n, output_size=T)  # (T,)
+    tok_idx = torch.arange(T) - cu[:-1][tok_seq]
+    device = torch.device(device) if device is not None else cu_q.device
+    from replay.kernels._common import upload
+    dev = upload((cu, p0, ks, tok_seq, tok_idx), device)
+    plan = AttentionPlan(*dev, host=(cu, p0), T=T, max_q=int(n.max()) if S else 0,
+                         max_kv=int(n_kv.max()) if S else 0,
+                         rows_needed=int((ks + n_kv).max()) if S else 0)
+    if dtype is not None and _BACKEND != "torch" and (device.type == "cuda"
+                                                        or _BACKEND == "triton"):
+        _tiles(plan, dtype, device)
+    return plan
+
+
+def _tiles(plan: AttentionPlan, dtype: torch.dtype, device: torch.device):
+    """The Triton kernel's tile table for `dtype`, made from the plan's host copy once."""
+    if dtype not in plan.tiles:
+        from replay.kernels.attention import ATTENTION_CONFIGS, plan as plan_tiles
+        plan.tiles[dtype] = plan_tiles(*plan.host, device, ATTENTION_CONFIGS[dtype])
+    return plan.tiles[dtype]
+
+
+def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
+              cu_q: torch.Tensor | None = None, pos0: torch.Tensor | None = None,
+              kv_start: torch.Tensor | None = None, scale: float | None = None,
+              window: int = 0, *, plan: AttentionPlan | None = None) -> torch.Tensor:
     """Causal attention of packed variable-length query chunks over a KV buffer.
 
     q:        (T, Hq, D)   queries of S sequences, packed; sequence s owns rows cu_q[s]:cu_q[s+1]
@@ -323,8 +390,9 @@ def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, cu_q: t
     pos0:     (S,)         absolute position of the first query of sequence s
     kv_start: (S,)         row of k_buf/v_buf that holds position 0 of sequence s
     window:   sliding window (0 = none): a query at p sees keys max(0, p-window+1)..p
-    validate: check the offsets against the buffer (a device sync on GPU; a model checks the
-              first layer and skips the rest, whose offsets are the same)
+    plan:     plan_attention(cu_q, pos0, kv_start, ...) made once for the batch, in place of the
+              three offset tensors: a model plans once per forward and every layer reuses it.
+              Without one, this call plans for itself (on GPU: a read-back, so a sync, per call)
     returns   (T, Hq, D)
 
     The query at position p of sequence s attends to positions 0..p of s:
@@ -339,47 +407,49 @@ def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, cu_q: t
     q = _f32("q", q, 3)
     k_buf = _f32("k_buf", k_buf, 3)
     v_buf = _f32("v_buf", v_buf, 3)
-    cu_q, pos0, kv_start = _i64("cu_q", cu_q), _i64("pos0", pos0), _i64("kv_start", kv_start)
+    if plan is None:
+        _check(cu_q is not None and pos0 is not None and kv_start is not None,
+               "attention: pass cu_q, pos0 and kv_start, or a plan")
+        plan = plan_attention(cu_q, pos0, kv_start, q.device)
     T, Hq, D = q.shape
     R, Hkv, Dk = k_buf.shape
-    S = pos0.shape[0]
     _check(Dk == D and v_buf.shape == k_buf.shape,
            f"attention: q is {tuple(q.shape)}, k_buf {tuple(k_buf.shape)}, v_buf {tuple(v_buf.shape)}")
     _check(Hkv > 0 and Hq % Hkv == 0, f"attention: {Hq} query heads is not a multiple of {Hkv} "
                                       "KV heads")
-    _check(cu_q.shape == (S + 1,) and kv_start.shape == (S,),
-           f"attention: cu_q must have S+1={S + 1} entries and kv_start S={S}")
-    if S and validate:
-        _check(int(cu_q[0]) == 0 and int(cu_q[-1]) == T, "attention: cu_q must run from 0 to T")
-        n = cu_q[1:] - cu_q[:-1]
-        _check(bool((n >= 0).all()), "attention: cu_q must be non-decreasing")
-        last = kv_start + pos0 + n - 1  # last buffer row each sequence reads
-        _check(bool((kv_start >= 0).all()) and bool((pos0 >= 0).all())
-               and bool((last < R).all()), "attention: a sequence reads past the KV buffer")
+    _check(plan.T == T, f"attention: cu_q must run from 0 to T={T}, it ends at {plan.T}")
+    _check(plan.rows_needed <= R, f"attention: a sequence reads past the KV buffer (row "
+                                  f"{plan.rows_needed - 1} of {R})")
+    _check(plan.cu_q.device == q.device, f"attention: planned for {plan.cu_q.device}, q is on "
+                                         f"{q.device}")
     if scale is None:
         scale = 1.0 / math.sqrt(D)
     if not _use_native(q, k_buf, v_buf):
-        return _attention_torch(q, k_buf, v_buf, cu_q, pos0, kv_start, scale, window)
+        return _attention_torch(q, k_buf, v_buf, plan, scale, window)
     if _triton(q):
         from replay.kernels.attention import attention as attention_cuda
-        return attention_cuda(q, k_buf, v_buf, cu_q, pos0, kv_start, scale, window)
+        return attention_cuda(q, k_buf, v_buf, plan.cu_q, plan.pos0, plan.kv_start, scale,
+                              window, tiles=_tiles(plan, q.dtype, q.device))
     out = torch.empty_like(q)
     if T:
-        C().attention_f32(_p(q), _p(k_buf), _p(v_buf), _p(out), _p(cu_q), _p(pos0),
-                          _p(kv_start), S, T, Hq, Hkv, D, float(scale), int(window))
+        C().attention_f32(_p(q), _p(k_buf), _p(v_buf), _p(out), _p(plan.cu_q), _p(plan.pos0),
+                          _p(plan.kv_start), plan.pos0.shape[0], T, Hq, Hkv, D, float(scale),
+                          int(window))
     return out
 
 
-def _attention_torch(q, k_buf, v_buf, cu_q, pos0, kv_start, scale, window):
-    """Plain torch: every chunk and its keys padded into one batch, one SDPA call."""
+def _attention_torch(q, k_buf, v_buf, plan: AttentionPlan, scale, window):
+    """Plain torch: every chunk and its keys padded into one batch, one SDPA call. The padded
+    sizes come from the plan's host-side lengths, so this path does not sync either."""
     T, Hq, D = q.shape
     R, Hkv = k_buf.shape[:2]
     if T == 0:
         return torch.empty_like(q)
     dev = q.device
+    cu_q, pos0, kv_start = plan.cu_q, plan.pos0, plan.kv_start
     n = cu_q[1:] - cu_q[:-1]                                       # (S,) queries per chunk
     n_kv = pos0 + n                                                # (S,) keys per chunk
-    Lq, Lk = int(n.max()), int(n_kv.max())
+    Lq, Lk = plan.max_q, plan.max_kv
     iq, ik = torch.arange(Lq, device=dev), torch.arange(Lk, device=dev)
     q_ok = iq < n[:, None]                                         # (S, Lq)
     rows_q = (cu_q[:-1, None] + iq).clamp(max=T - 1)
@@ -393,7 +463,12 @@ def _attention_torch(q, k_buf, v_buf, cu_q, pos0, kv_start, scale, window):
     # zero them, since a masked weight of 0 times NaN is still NaN
     pad = (ik >= n_kv[:, None])[:, :, None, None]                  # (S, Lk, 1, 1)
     qs = q[rows_q].transpose(1, 2)                                 # (S, Hq, Lq, D)
-    ks = k_buf[rows_k].masked_fill(pad, 0).transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)
-    vs = v_buf[rows_k].masked_fill(pad, 0).transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)
+    S, G = n.shape[0], Hq // Hkv
+
+    def heads(buf):  # (S, Lk, Hkv, D) -> (S, Hq, Lk, D): query head h reads KV head h // G
+        b = buf[rows_k].masked_fill(pad, 0).transpose(1, 2)
+        return b[:, :, None].expand(S, Hkv, G, Lk, D).reshape(S, Hq, Lk, D)
+
+    ks, vs = heads(k_buf), heads(v_buf)
     o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask[:, None], scale=scale)
-    return o.transpose(1, 2)[q_ok]                                 # (T, Hq, D), packed order
+    return o.transpose(1, 2)[plan.tok_seq, plan.tok_idx]           # (T, Hq, D), packed order

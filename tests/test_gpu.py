@@ -214,3 +214,59 @@ def test_sampling_on_cuda_matches_cpp(M, V, bf16):
     got = sampling.score(lc, T, k, p, s, pos, claimed)
     for n, w in want.items():
         assert torch.equal(got[n].cpu(), w), n
+
+
+# ---------------------------------------------------------------------------------------------
+# a forward without host syncs, and in a CUDA graph
+
+def _mixed_batch(model, long_context: int):
+    """A prefill, a chunk after a cached prefix and two decode steps, one of them deep enough
+    (past SPLIT keys) that attention takes its split-program path."""
+    g = torch.Generator().manual_seed(5)
+    V = model.cfg.vocab_size
+    chunks = [torch.randint(0, V, (n,), generator=g).tolist() for n in (97, 17, 1, 1)]
+    pos0 = [0, 40, 63, long_context]
+    kv_start = [0, 100, 200, 300]
+    kv = model.new_kv(300 + long_context + 1)
+    for t in kv.k + kv.v:  # the cached prefixes
+        t.normal_(generator=torch.Generator(device="cuda").manual_seed(6))
+    return Varlen.make(chunks, pos0, kv_start), kv
+
+
+@pytest.fixture(scope="module")
+def deep_model() -> Model:
+    return Model.random(small_config(max_context=4096), seed=2, std=0.2, device="cuda",
+                        dtype=torch.bfloat16)
+
+
+def test_forward_makes_no_device_sync(deep_model):
+    """The whole forward, its planning included (host tables, one non-blocking copy each), runs
+    under torch.cuda.set_sync_debug_mode("error"): any read-back or blocking copy raises."""
+    batch, kv = _mixed_batch(deep_model, 3000)
+    want = deep_model.forward(batch, kv)  # compiles the kernels first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = deep_model.forward(batch, kv)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(got, want)
+
+
+def test_forward_runs_in_a_cuda_graph(deep_model):
+    """A planned forward is captured once and replayed: the bits of an eager forward."""
+    batch, kv = _mixed_batch(deep_model, 3000)
+    plan = deep_model.plan(batch, kv)
+    eager = deep_model.forward(plan, kv).clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream, as torch's docs ask
+        deep_model.forward(plan, kv)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = deep_model.forward(plan, kv)
+    out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager)
