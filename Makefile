@@ -3,13 +3,14 @@
 # make test-slow  the slow tests only (end-to-end attacks, fleet kill-and-resume, sm_90 compiles)
 # make bench  run the CPU benchmarks and write bench/results/
 # make cuda-check  compile the CUDA sources with nvcc (no GPU needed; CI runs it)
+# make gpu-compile-check  compile the Triton kernels for sm_90, fail on a spill (no GPU; CI runs it)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The C++ kernels parallelise with OpenMP over output tiles, rows and heads.
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: demo test test-slow bench build setup clean cuda-check
+.PHONY: demo test test-slow bench build setup clean cuda-check gpu-compile-check
 
 $(VENV)/.installed: requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +46,20 @@ cuda-check:
 	    -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
 	    $$f -o /tmp/replay-cuda-check-$$(basename $$f .cu).o; \
 	done
+
+# Every Triton kernel must compile for sm_90 with no register spill, with the pinned triton and with
+# the GPU machine's (TRITON_GPU, in its own venv with the same CPU torch): scripts/compile_sm90.py.
+TRITON_GPU ?= 3.6.0
+GPU_VENV ?= .venv-triton$(subst .,,$(basename $(TRITON_GPU)))
+$(GPU_VENV)/.installed: requirements-test.txt
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	grep -E '^(torch|numpy)' requirements-test.txt > $(GPU_VENV)/requirements.txt
+	$(GPU_VENV)/bin/python -m pip install -q -r $(GPU_VENV)/requirements.txt triton==$(TRITON_GPU)
+	touch $@
+
+gpu-compile-check: setup $(GPU_VENV)/.installed
+	$(PY) scripts/compile_sm90.py
+	$(GPU_VENV)/bin/python scripts/compile_sm90.py
 
 clean:
 	rm -rf build replay/_C*.so *.egg-info

@@ -41,9 +41,9 @@ class AttentionConfig:
 
 # One configuration per dtype (the replay contract holds per dtype and device, DESIGN §2).
 ATTENTION_CONFIGS = {
-    torch.bfloat16: AttentionConfig(64, 64, 1024, num_warps=4, num_stages=2, PRECISION="tf32"),
-    torch.float16: AttentionConfig(64, 64, 1024, num_warps=4, num_stages=2, PRECISION="tf32"),
-    torch.float32: AttentionConfig(32, 32, 512, num_warps=4, num_stages=2, PRECISION="ieee"),
+    torch.bfloat16: AttentionConfig(64, 64, 1024, num_warps=8, num_stages=2, PRECISION="tf32"),
+    torch.float16: AttentionConfig(64, 64, 1024, num_warps=8, num_stages=2, PRECISION="tf32"),
+    torch.float32: AttentionConfig(16, 32, 512, num_warps=8, num_stages=2, PRECISION="ieee"),
 }
 MERGE_BLOCK_R = 16  # rows per program of the merge kernel
 SPLIT_PARTIAL_BYTES = 256 << 20  # most memory the split-program path may take for its states
