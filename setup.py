@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 try:
     from setuptools.modified import newer_group
@@ -17,6 +17,9 @@ except ImportError:  # setuptools < 69
     from setuptools.dep_util import newer_group
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# C++ sources compile in parallel (NPY_NUM_BUILD_JOBS, default: every core): on a lent GPU
+# machine the build is part of a 6-minute first run (docs/gpu.md).
+ParallelCompile("NPY_NUM_BUILD_JOBS", default=0).install()
 
 
 def _cpu_flags():

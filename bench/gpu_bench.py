@@ -12,6 +12,7 @@ Sections (DESIGN §7; docs/gpu.md says what each figure means):
     prefill  replay's attention vs torch SDPA, causal prefill, 32/8 heads, d = 128
     decode   the same at one query per sequence, batch 1..256, context 512..32k
     model    engine generation and verifier on an 8B-shaped model, replay kernels vs torch ops
+    verify   one verifier MFU point on the 8B-shaped model (the first run's; --first)
 
 Each section is kept as a part file next to the table (<table>.parts/<section>.md), so sections
 run by separate commands (the lent machine allows 10 minutes per command) end up in one table.
@@ -28,8 +29,9 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-SECTIONS = ("peak", "matmul", "prefill", "decode", "model")
-ORDER = ("tests",) + SECTIONS  # part files, in table order; "tests" is written by gpu_suite.sh
+SECTIONS = ("peak", "matmul", "prefill", "decode", "model", "verify")
+# part files, in table order; "first", "env" and "tests" are written by gpu_suite.sh
+ORDER = ("first", "env", "tests") + SECTIONS
 
 
 def parse(argv):
@@ -38,6 +40,9 @@ def parse(argv):
     p.add_argument("--dry", action="store_true",
                    help="CPU, tiny shapes, float32; Triton kernels run under TRITON_INTERPRET=1")
     p.add_argument("--quick", action="store_true", help="smaller grids")
+    p.add_argument("--first", action="store_true",
+                   help="the first run's grids (bench/gpu_suite.sh first): matmul at 3 shapes x "
+                        "M = 1, 256, 4096; verify at batch 64")
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help=f"comma-separated subset of {','.join(SECTIONS)}, or 'none' to only "
                         "rebuild the table from the part files")
@@ -62,6 +67,7 @@ class Ctx:
     dtype: object
     dry: bool
     quick: bool
+    first: bool
     budget: object
     warmup: int
     iters: int
@@ -115,13 +121,23 @@ def write_part(parts: str, sec, command: str):
         f.write(sec.markdown() + f"\n_Section run by `{command}` at {now:%H:%M} UTC._\n")
 
 
+FIRST_PARTS = ("env", "tests", "peak", "matmul", "verify")  # what `gpu_suite.sh first` writes
+
+
 def assemble(path: str, parts: str, head: list[str]) -> str:
-    body = []
+    body, missing = [], []
+    first = os.path.exists(os.path.join(parts, "first.md"))
     for key in ORDER:
         p = os.path.join(parts, f"{key}.md")
         if os.path.exists(p):
             with open(p) as f:
                 body.append(f.read().rstrip() + "\n")
+        elif first and key in FIRST_PARTS:
+            missing.append(key)
+    if missing:  # say so rather than leave a reader to notice a section is absent
+        body.append("## Not run\n\nNo result for: " + ", ".join(missing) + " (the step failed "
+                    "before writing it, ran out of time, or was not reached: see 'First run: "
+                    "steps').\n")
     text = "\n".join(head) + "\n" + "\n".join(body)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
@@ -153,7 +169,7 @@ def main(argv=None) -> int:
     command = args.command or " ".join(["python bench/gpu_bench.py"] +
                                        [shlex.quote(a) for a in (argv or sys.argv[1:])])
     budget = util.Budget(args.budget or (120 if args.dry else 480))
-    ctx = Ctx(device, dtype, args.dry, args.quick, budget,
+    ctx = Ctx(device, dtype, args.dry, args.quick, args.first, budget,
               warmup=1 if args.dry else 3, iters=1 if args.dry else 10,
               token_budget=64 if args.dry else 16384, lm_chunk=16 if args.dry else 1024)
 
@@ -162,9 +178,9 @@ def main(argv=None) -> int:
         from gpu import kernels_bench as kb
         from gpu import model_bench as mb
         run = {"matmul": kb.bench_matmul, "prefill": kb.bench_prefill, "decode": kb.bench_decode,
-               "model": mb.bench_model}
+               "model": mb.bench_model, "verify": mb.bench_verify}
         todo = [s for s in SECTIONS if s in args.sections]
-        if "model" in todo and "peak" not in todo:
+        if {"model", "verify"} & set(todo) and "peak" not in todo:
             todo.insert(0, "peak")  # MFU needs this run's peak
         for key in todo:
             print(f"gpu_bench: {key} ...", file=sys.stderr, flush=True)

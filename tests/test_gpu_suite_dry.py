@@ -13,7 +13,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADINGS = {"peak": "## Device peak", "matmul": "## Matmul", "prefill": "## Attention prefill",
-            "decode": "## Attention decode", "model": "## Whole model"}
+            "decode": "## Attention decode", "model": "## Whole model",
+            "verify": "## Verifier MFU"}
 TRITON_MODULE = {"matmul": "matmul", "prefill": "attention", "decode": "attention"}
 
 
@@ -67,7 +68,8 @@ def dry(tmp_path_factory):
 
 def test_header_says_what_ran(dry):
     for field in ("- device: cpu (dry run)", "- date: ", "- commit: ", "- command: `python "
-                  "bench/gpu_bench.py --dry --out", "- versions: torch ", "**Dry run**"):
+                  "bench/gpu_bench.py --dry --out", "- versions: torch ",
+                  "**Dry run: not run on a GPU.**"):
         assert field in dry, field
 
 
@@ -107,6 +109,49 @@ def test_model_section_measured_both_backends(dry):
         if r[1] == "replay":
             assert r[6] == "100.00%", r  # the verifier recomputes every row exactly
     assert "generate time replay/torch" in body  # the summary with the targets
+
+
+def test_verify_section_one_point(dry):
+    rows = table_rows(sections(dry)["verify"])
+    assert len(rows) == 1 and rows[0][0] == "3", rows
+    assert re.fullmatch(r"\d+\.\d%", rows[0][8]) and rows[0][9] == "100.00%", rows
+
+
+def first_dry(tmp_path, limit: int):
+    out = tmp_path / "first.md"
+    r = subprocess.run(["bash", "bench/gpu_suite.sh", "first", "--dry", "--out", str(out)],
+                       cwd=ROOT, env=dict(env(), REPLAY_FIRST_LIMIT=str(limit)),
+                       capture_output=True, text=True, timeout=limit + 120)
+    return r, out.read_text() if out.exists() else ""
+
+
+def test_first_dry_run(tmp_path):
+    """`first`: every step ran within its box, and the table has each step's part."""
+    r, text = first_dry(tmp_path, 360)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    steps = table_rows(text[text.index("## First run: steps"):])
+    assert [s[0] for s in steps] == ["environment", "build", "bf16 bitwise replay",
+                                     "matmul vs cuBLAS", "verifier MFU"], steps
+    assert all(s[3] == "ok" for s in steps), steps
+    assert sum(int(s[2].rstrip("s")) for s in steps) <= 360
+    for head in ("## Environment", "## GPU tests", "## Device peak", "## Matmul",
+                 "## Verifier MFU"):
+        assert head in text, head
+    assert "**Dry run: not run on a GPU.**" in text and "## Not run" not in text
+    assert "test_engine_rows_equal_verifier_rows_bf16" in text  # the bitwise tests were asked for
+
+
+@pytest.mark.slow
+def test_first_never_aborts_and_says_what_did_not_run(tmp_path):
+    """Out of time after the first steps: the later steps time out or get no time, the run goes
+    on to the end, exits 1, and the table names what has no result."""
+    r, text = first_dry(tmp_path, 12)
+    assert r.returncode == 1
+    assert "gpu_suite: FAILED" in r.stderr
+    steps = table_rows(text[text.index("## First run: steps"):])
+    assert len(steps) == 5, steps  # every step was tried
+    assert any(s[3].startswith("TIMEOUT") for s in steps), steps
+    assert "## Not run" in text and "verify" in text[text.index("## Not run"):]
 
 
 def test_suite_script_dry_run(tmp_path):

@@ -67,7 +67,9 @@ def bench_matmul(ctx) -> Section:
         sec.skipped = why
         return sec
     shapes = DRY_LINEARS if ctx.dry else LLAMA8B_LINEARS
-    Ms = [1, 3, 17] if ctx.dry else ([1, 256, 4096] if ctx.quick else
+    if ctx.first and not ctx.dry:  # the first run: three projections, decode to long prefill
+        shapes = [s for s in LLAMA8B_LINEARS if s[0] in ("qkv", "gate_up", "down")]
+    Ms = [1, 3, 17] if ctx.dry else ([1, 256, 4096] if ctx.quick or ctx.first else
                                      [1, 16, 64, 256, 1024, 4096, 8192])
     g = torch.Generator(device=ctx.device).manual_seed(0)
     try:

@@ -143,8 +143,10 @@ def header(device: torch.device, dry: bool, command: str) -> list[str]:
               f"- versions: {versions()}",
               f"- TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', 'unset')}", ""]
     if dry:
-        lines += ["**Dry run**: CPU, tiny shapes, float32. It checks the script's logic; its "
-                  "figures mean nothing.", ""]
+        lines += ["**Dry run: not run on a GPU.** CPU, tiny shapes, float32. It checks the "
+                  "script's logic and times its steps; its figures mean nothing.", ""]
+    elif device.type != "cuda":
+        lines += ["**Not run on a GPU.**", ""]
     return lines
 
 
