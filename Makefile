@@ -1,6 +1,6 @@
 # make demo   set everything up (virtual environment, build) and run the demo
 # make test   set everything up and run the tests (the quick ones: -m "not slow")
-# make test-slow  the slow tests only (end-to-end attacks, fleet kill-and-resume, sm_90 compiles)
+# make test-slow  the slow tests only (end-to-end attacks, fleet kill-and-resume, ...)
 # make bench  run the CPU benchmarks and write bench/results/
 # make cuda-check  compile the CUDA sources with nvcc (no GPU needed; CI runs it)
 # make gpu-compile-check  compile the Triton kernels for sm_90, fail on a spill (no GPU; CI runs it)
