@@ -3,7 +3,7 @@ and the layers run on what it made. On a GPU every read-back is a sync (the host
 queued kernels; ~4 per layer before the plan existed); here replay.hostsync counts the reads that
 replay's code makes, which are syncs on a GPU (tests/test_gpu.py checks the GPU itself with
 torch.cuda.set_sync_debug_mode("error") and a CUDA-graph capture)."""
-import os
+import importlib.util
 
 import pytest
 import torch
@@ -12,12 +12,10 @@ from conftest import small_config
 from replay import hostsync, ops
 from replay.model import Model, Varlen
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # the "triton" backend on CPU tensors
-
+# "triton" on CPU tensors runs in Triton's interpreter (conftest.py sets TRITON_INTERPRET=1)
 BACKENDS = ["replay", "torch",
             pytest.param("triton", marks=pytest.mark.skipif(
-                __import__("importlib").util.find_spec("triton") is None,
+                importlib.util.find_spec("triton") is None,
                 reason="the triton backend needs triton"))]
 
 
