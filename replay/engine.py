@@ -211,7 +211,7 @@ class Engine:
         return Record(request_id=r.request_id, prompt=list(r.prompt), output=seq.output,
                       params=r.params, max_tokens=seq.max_tokens,
                       stop_token_ids=list(r.stop_token_ids), model=self.model.identity,
-                      meta={"finish_reason": reason})
+                      meta={"finish_reason": reason}, stack=self.model.stack)
 
     # -- a whole workload -----------------------------------------------------------------------
 

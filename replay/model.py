@@ -321,6 +321,11 @@ class Model:
         m = cls(cfg, fuse(hf, cfg), f"{cfg.arch}-random-{seed}-{h.hexdigest()[:12]}")
         return m.to(device, dtype)
 
+    @property
+    def stack(self) -> str:
+        """The kernel stack this model computes on now (device, dtype, ops backend): ops.stack."""
+        return ops.stack(self.device, self.dtype)
+
     def new_kv(self, rows: int) -> KVBuffer:
         return KVBuffer(self.cfg, rows, self.device, self.dtype)
 

@@ -41,6 +41,32 @@ def backend(name: str):
         _BACKEND = prev
 
 
+def stack(device, dtype: torch.dtype) -> str:
+    """The kernel stack that computes on `device` in `dtype` under the current backend, as a
+    record names it: "replay <version> / <backend> / <device kind> / <dtype>". The replay contract
+    (bitwise rows) holds within one stack; across stacks only tolerant policies apply.
+    backend: "cpu" (the C++ kernels, the same bits on every x86-64), "cuda-triton <version>" (the
+    Triton kernels on a GPU; a new compiler may pick other instructions), "triton-interpreter"
+    or "torch <version>" (not batch invariant). device kind: "cpu", or "cuda sm_<cc>"."""
+    from replay import __version__
+    dev = torch.device(device)
+    kind = "cpu"
+    if dev.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(dev)
+        kind = f"cuda sm_{major}{minor}"
+    elif dev.type != "cpu":
+        kind = dev.type
+    if _BACKEND == "torch":
+        backend = f"torch {torch.__version__}"
+    elif dev.type == "cuda" or _BACKEND == "triton":
+        import triton
+        backend = (f"cuda-triton {triton.__version__}" if dev.type == "cuda"
+                   else "triton-interpreter")
+    else:
+        backend = "cpu"
+    return f"replay {__version__} / {backend} / {kind} / {str(dtype).replace('torch.', '')}"
+
+
 # ---------------------------------------------------------------------------------------------
 # checks
 

@@ -27,9 +27,11 @@ SEED_LIMIT = 2**64  # seeds are uint64: the Philox key is two 32-bit words
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
-# Top-level fields in file order; meta is the only optional one.
+# Top-level fields in file order. stack and meta are optional (logs written before the stack was
+# recorded have none: such a record is verified as if made on the verifier's stack).
 FIELDS = ("request_id", "prompt", "output", "params", "max_tokens", "stop_token_ids", "model",
-          "meta")
+          "stack", "meta")
+OPTIONAL = ("stack", "meta")
 PARAM_FIELDS = ("temperature", "top_k", "top_p", "seed")
 
 
@@ -103,6 +105,9 @@ class Record:
     stop_token_ids: list[int]
     model: str                # model identity, e.g. "name@sha256:<hash of the weights>"
     meta: dict = field(default_factory=dict)  # free-form, kept on round trips
+    # the kernel stack the output was generated on (replay.ops.stack: replay version, backend,
+    # device kind, dtype); exact replay holds within one stack; "" = not recorded
+    stack: str = ""
 
     def to_dict(self) -> dict:
         return {
@@ -113,6 +118,7 @@ class Record:
             "max_tokens": self.max_tokens,
             "stop_token_ids": list(self.stop_token_ids),
             "model": self.model,
+            "stack": self.stack,
             "meta": self.meta,
         }
 
@@ -125,8 +131,8 @@ class Record:
             raise RecordError(loc, None, f"expected a JSON object, got {_type(d)}", where)
         rid = d.get("request_id")
         name = rid if isinstance(rid, str) and rid else loc
-        for k in FIELDS[:-1]:
-            if k not in d:
+        for k in FIELDS:
+            if k not in d and k not in OPTIONAL:
                 raise RecordError(name, k, "missing field", where)
         for k in d:
             if k not in FIELDS:
@@ -143,7 +149,8 @@ class Record:
                 # e.g. min_p or a repetition penalty: the sampler cannot replay what it lacks
                 raise RecordError(name, f"params.{k}", "unknown sampling parameter", where)
         rec = cls(d["request_id"], d["prompt"], d["output"], SamplingParams(**params),
-                  d["max_tokens"], d["stop_token_ids"], d["model"], d.get("meta", {}))
+                  d["max_tokens"], d["stop_token_ids"], d["model"], d.get("meta", {}),
+                  d.get("stack", ""))
         rec.validate(where=where)
         return rec.normalized()
 
@@ -153,7 +160,7 @@ class Record:
         return Record(self.request_id, [int(t) for t in self.prompt],
                       [int(t) for t in self.output], self.params.normalized(),
                       int(self.max_tokens), [int(t) for t in self.stop_token_ids], self.model,
-                      self.meta)
+                      self.meta, self.stack)
 
     def validate(self, vocab_size: int | None = None, max_context: int | None = None,
                  where: str | None = None, model: str | None = None) -> None:
@@ -197,6 +204,8 @@ class Record:
             bad("output", f"has {len(self.output)} tokens, more than max_tokens={self.max_tokens}")
         if not isinstance(self.model, str) or not self.model:
             bad("model", f"must be a non-empty string, got {self.model!r}")
+        if not isinstance(self.stack, str):
+            bad("stack", f"must be a string (replay.ops.stack), got {_type(self.stack)}")
         if not isinstance(self.meta, dict):
             bad("meta", f"must be an object, got {_type(self.meta)}")
         try:
@@ -314,7 +323,7 @@ class Batch:
         except (pa.ArrowException, OSError) as e:
             raise RecordError(path, None, f"cannot read Parquet file: {e}", path) from e
         for c in _PARQUET_COLUMNS:
-            if c not in names and c != "meta":
+            if c not in names and c not in OPTIONAL:
                 raise RecordError(path, c, "missing column", path)
         for c in names:
             if c not in _PARQUET_COLUMNS:
@@ -353,6 +362,7 @@ class Batch:
             "max_tokens": pa.array([int(r.max_tokens) for r in rs], pa.int64()),
             "stop_token_ids": pa.array([list(r.stop_token_ids) for r in rs], tok),
             "model": pa.array([r.model for r in rs], pa.string()),
+            "stack": pa.array([r.stack for r in rs], pa.string()),
             "meta": pa.array([json.dumps(r.meta, ensure_ascii=False) for r in rs], pa.string()),
         }
         pq.write_table(pa.table(cols), path)
@@ -439,7 +449,7 @@ def list_shards(paths) -> list[str]:
 
 
 _PARQUET_COLUMNS = ("request_id", "prompt", "output", *PARAM_FIELDS, "max_tokens",
-                    "stop_token_ids", "model", "meta")
+                    "stop_token_ids", "model", "stack", "meta")
 
 
 def _row_to_dict(cols: dict, i: int, loc: str) -> dict:

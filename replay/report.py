@@ -63,6 +63,7 @@ class Report:
     policy: Policy
     model: str
     vocab_size: int
+    stack: str = ""  # the kernel stack the verifier ran on (replay.ops.stack)
     tokens: dict = field(default_factory=lambda: {k: [] for k in TOKEN_COLUMNS})
     records: list = field(default_factory=list)  # RecordResult, one per input record
     logits: dict = field(default_factory=dict)   # request_id -> (n_output, vocab), keep_logits
@@ -73,6 +74,15 @@ class Report:
 
     def add_error(self, err: Exception):
         self.records.append(RecordResult.error(err))
+
+    def add_stack_mismatch(self, record):
+        """A record made on another kernel stack, under a policy that needs exact replay: it is
+        not scored (its tokens would read as forged) and fails as "stack mismatch"."""
+        self.records.append(RecordResult(
+            record.request_id, "fail", f"stack mismatch: generated on {record.stack!r}, the "
+            f"verifier runs {self.stack!r}; exact replay holds within one stack (verify on the "
+            "record's stack, or with a tolerant policy)", "stack",
+            termination=record.termination()))
 
     def add_tokens(self, positions, sc: dict, verdicts: list[str]):
         """One chunk of scored positions (replay.verify.Position) and their verdicts."""
@@ -155,7 +165,8 @@ class Report:
         return pd.DataFrame(self.tokens)
 
     def to_dict(self, tokens: bool = False) -> dict:
-        d = {"model": self.model, "policy": self.policy.to_dict(), "counts": self.counts(),
+        d = {"model": self.model, "stack": self.stack, "policy": self.policy.to_dict(),
+             "counts": self.counts(),
              "records": [r.to_dict() for r in self.records]}
         if tokens:
             d["tokens"] = self.tokens
@@ -211,6 +222,7 @@ class Report:
         lines = [
             f"replay verify: {c['records']} records, {c['tokens']:,} output tokens, "
             f"model {self.model}, policy {self.policy.kind}",
+            f"  stack:   {self.stack or 'not known'}",
             f"  records: {c['pass']} pass, {c['fail']} fail, {c['error']} malformed",
             f"  tokens:  {c['exact_tokens']:,} exact ({100 * c['exact_tokens'] / n:.2f}%), "
             f"{c['safe_tokens']:,} accepted ({100 * c['safe_tokens'] / n:.2f}%)",

@@ -87,7 +87,7 @@ def test_jsonl_format_and_int_temperature(tmp_path):
     Batch([r]).to_jsonl(tmp_path / "b.jsonl")
     line = json.loads((tmp_path / "b.jsonl").read_text().splitlines()[0])
     assert list(line) == ["request_id", "prompt", "output", "params", "max_tokens",
-                          "stop_token_ids", "model", "meta"]
+                          "stop_token_ids", "model", "stack", "meta"]
     assert list(line["params"]) == ["temperature", "top_k", "top_p", "seed"]
 
 
