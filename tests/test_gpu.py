@@ -235,7 +235,7 @@ def _mixed_batch(model, long_context: int):
 
 @pytest.fixture(scope="module")
 def deep_model() -> Model:
-    return Model.random(small_config(max_context=4096), seed=2, std=0.2, device="cuda",
+    return Model.random(ModelConfig.preset("test-small", max_context=4096), seed=2, std=0.2, device="cuda",
                         dtype=torch.bfloat16)
 
 

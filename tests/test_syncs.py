@@ -8,9 +8,8 @@ import importlib.util
 import pytest
 import torch
 
-from conftest import small_config
 from replay import hostsync, ops
-from replay.model import Model, Varlen
+from replay.model import Model, ModelConfig, Varlen
 
 # "triton" on CPU tensors runs in Triton's interpreter (conftest.py sets TRITON_INTERPRET=1)
 BACKENDS = ["replay", "torch",
@@ -21,7 +20,7 @@ BACKENDS = ["replay", "torch",
 
 @pytest.fixture(scope="module")
 def model():
-    return Model.random(small_config(n_layers=3, qk_norm=True), seed=4, std=0.2)
+    return Model.random(ModelConfig.preset("test-small", n_layers=3, qk_norm=True), seed=4, std=0.2)
 
 
 def batch_and_kv(model):

@@ -166,7 +166,7 @@ def bench_verify(ctx) -> Section:
     if ctx.peak is None:
         sec.skipped = "the peak measurement failed (see 'Device peak'): no MFU denominator"
         return sec
-    cfg = dry_config() if ctx.dry else llama8b_config()
+    cfg = ModelConfig.preset("bench-dry" if ctx.dry else "llama-3.1-8b")
     B, P, N = (3, 8, 4) if ctx.dry else (64, 128, 64)
     sec.notes.append(
         f"{'Tiny Llama (dry run)' if ctx.dry else 'Llama-3.1-8B shapes'}, random "
