@@ -118,8 +118,8 @@ class Watcher:
         with open(self.alarm_file, "a") as f:
             f.write(line + "\n")
         print(f"replay watch: ALARM: {message}", file=sys.stderr)
-        for line in failure_lines(rows, 5):
-            print(line, file=sys.stderr)
+        for text in failure_lines(rows, 5):
+            print(text, file=sys.stderr)
         if self.alarm_cmd:
             env = dict(os.environ, REPLAY_ALARM_FILE=self.alarm_file, REPLAY_ALARM_SHARD=shard,
                        REPLAY_ALARM_JSON=line)

@@ -24,9 +24,9 @@ def setup(tmp_path_factory):
 
 
 def _alarm_cmd(log):
-    # a webhook stand-in: appends what it was told to a file
+    # a webhook stand-in: appends what it was told (the shard, the alarm's JSON) to a file
     code = ("import os; open(os.environ['LOG'], 'a').write(os.environ['REPLAY_ALARM_SHARD'] + "
-            "'\\n')")
+            "'\\t' + os.environ['REPLAY_ALARM_JSON'] + '\\n')")
     return f"LOG={shlex.quote(str(log))} {shlex.quote(sys.executable)} -c {shlex.quote(code)}"
 
 
@@ -60,7 +60,9 @@ def test_clean_then_failing_shards(setup, tmp_path):
         recs[i].request_id for i in (40, 44, 48)]
     assert any(r["verdict"] == "error" and "c.jsonl:11" in r["reason"] for r in c)
     assert "cannot read Parquet file" in alarms[1]["records"][0]["reason"]
-    assert open(hook).read().split() == ["c.jsonl", "d.parquet"]
+    told = [line.split("\t") for line in open(hook).read().splitlines()]
+    assert [shard for shard, _ in told] == ["c.jsonl", "d.parquet"]
+    assert [json.loads(js) for _, js in told] == alarms  # the alarm command gets the ALARM line
     # nothing new: no work, no alarm
     assert cli.main(argv) == 0
     assert len(open(out / "ALARM").readlines()) == 2
