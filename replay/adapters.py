@@ -21,8 +21,9 @@ output token (vLLM also draws for seeded greedy rows in mixed batches; greedy ro
 without noise here, so those draws would shift the stream: keep seeded requests at T > 0 or
 all-greedy). Penalties, min_p, logit bias and n > 1 are not modelled (the importers reject them).
 
-Scoring (the `ExponentialRace` Scorer of replay.verify; `score_stock`): the recorded tokens are teacher-forced through replay's model, the
-noise rows are regenerated from the seeds, and the margin in logit units is
+Scoring (`ExponentialRace`, a replay.verify Scorer; `score_stock` runs verify with it): the
+recorded tokens are teacher-forced through replay's model, the noise rows are regenerated from the
+seeds, and the margin in logit units is
 Delta_c = T * (max_kept y - y_c) with y = log p + (-log q) (float64), +inf if c was filtered out;
 greedy: l_max - l_c. gls = log Phi(-Delta / (sqrt(2) sigma)) then applies as for replay's engine.
 """

@@ -50,11 +50,11 @@ def split(n_bits: int, n_records: int) -> list[tuple[int, int]]:
     return out
 
 
-def teacher_forced_logits(model: Model, records: list[Record], token_budget: int = 4096
+def teacher_forced_logits(model: Model, records: list[Record], options: Options = Options()
                           ) -> list[torch.Tensor]:
     """Per record, the logits rows [len(output), V] of its output positions (the receiver's view:
     replay.verify's teacher-forced pass over prompt + output, bitwise the engine's rows)."""
-    chunks = [l for _, l in teacher_forced(model, records, Options(token_budget=token_budget))]
+    chunks = [l for _, l in teacher_forced(model, records, options)]
     rows = torch.cat(chunks) if chunks else torch.empty(0, model.cfg.vocab_size)
     return list(torch.split(rows, [len(r.output) for r in records]))
 

@@ -33,8 +33,8 @@ IPT_EPS = 1e-12
 
 
 def rows(params_rows, n: int) -> dict:
-    """Per-row sampling parameters as lists: a SamplingParams (every row), a list of them, or a dict with
-    temperature / top_k / top_p / seed (scalars, lists or tensors)."""
+    """Per-row sampling parameters as lists: a SamplingParams (every row), a list of them, or a
+    dict with temperature / top_k / top_p / seed (scalars, lists or tensors)."""
     if isinstance(params_rows, dict):
         out = {}
         for k in ("temperature", "top_k", "top_p", "seed"):
