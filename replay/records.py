@@ -131,13 +131,7 @@ class Record:
             raise RecordError(loc, None, f"expected a JSON object, got {_type(d)}", where)
         rid = d.get("request_id")
         name = rid if isinstance(rid, str) and rid else loc
-        for k in FIELDS:
-            if k not in d and k not in OPTIONAL:
-                raise RecordError(name, k, "missing field", where)
-        for k in d:
-            if k not in FIELDS:
-                raise RecordError(name, k, "unknown field (free-form data belongs in 'meta')",
-                                  where)
+        _names(d, FIELDS, "field", name, where)
         params = d["params"]
         if not isinstance(params, dict):
             raise RecordError(name, "params", f"must be an object, got {_type(params)}", where)
@@ -322,13 +316,7 @@ class Batch:
             names = [n for n in pf.schema_arrow.names if not n.startswith("__index_level_")]
         except (pa.ArrowException, OSError) as e:
             raise RecordError(path, None, f"cannot read Parquet file: {e}", path) from e
-        for c in _PARQUET_COLUMNS:
-            if c not in names and c not in OPTIONAL:
-                raise RecordError(path, c, "missing column", path)
-        for c in names:
-            if c not in _PARQUET_COLUMNS:
-                raise RecordError(path, c, "unknown column (free-form data belongs in 'meta')",
-                                  path)
+        _names(names, _PARQUET_COLUMNS, "column", path, path)
         records, where, errors, row = [], [], [], 0
         try:
             for chunk in pf.iter_batches(batch_size=4096, columns=names):
@@ -450,6 +438,16 @@ def list_shards(paths) -> list[str]:
 
 _PARQUET_COLUMNS = ("request_id", "prompt", "output", *PARAM_FIELDS, "max_tokens",
                     "stop_token_ids", "model", "stack", "meta")
+
+
+def _names(have, expected, what: str, name: str, where: str | None) -> None:
+    # The record's fields or the file's columns: every expected one but the OPTIONAL, no other.
+    for k in expected:
+        if k not in have and k not in OPTIONAL:
+            raise RecordError(name, k, f"missing {what}", where)
+    for k in have:
+        if k not in expected:
+            raise RecordError(name, k, f"unknown {what} (free-form data belongs in 'meta')", where)
 
 
 def _row_to_dict(cols: dict, i: int, loc: str) -> dict:

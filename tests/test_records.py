@@ -8,6 +8,7 @@ import pytest
 from replay.records import Batch, Record, RecordError, SamplingParams, derive_seed
 
 pq = pytest.importorskip("pyarrow.parquet")
+pa = pytest.importorskip("pyarrow")
 
 
 def rec(rid="r0", **kw) -> Record:
@@ -256,6 +257,14 @@ def test_parquet_missing_column_names_file(tmp_path):
     with pytest.raises(RecordError) as ei:
         Batch.from_parquet(tmp_path / "noseed.parquet")
     assert ei.value.field == "seed" and str(tmp_path / "noseed.parquet") == ei.value.record
+    assert ei.value.message == "missing column"
+    t = pq.read_table(tmp_path / "ok.parquet")
+    pq.write_table(t.append_column("min_p", pa.array([0.1])), tmp_path / "extra.parquet")
+    with pytest.raises(RecordError, match="unknown column") as ei:
+        Batch.from_parquet(tmp_path / "extra.parquet")
+    assert ei.value.field == "min_p"
+    pq.write_table(t.drop_columns(["stack", "meta"]), tmp_path / "optional.parquet")
+    assert [r.request_id for r in Batch.from_parquet(tmp_path / "optional.parquet")] == ["a"]
 
 
 def test_truncated_parquet_names_file(tmp_path):
