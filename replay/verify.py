@@ -172,7 +172,9 @@ class ReplayScorer:
 
 # name -> "module:class"; loaded on first use, so that the verifier imports no adapter it does
 # not run
-SCORERS = {"replay": "replay.verify:ReplayScorer", "vllm": "replay.adapters:ExponentialRace"}
+SCORERS = {"replay": "replay.verify:ReplayScorer", "vllm": "replay.adapters:ExponentialRace",
+           "vllm-v1-cuda": "replay.adapters:ExponentialRace", "vllm-cpu": "replay.stock:CpuScorer",
+           "vllm-mrv2": "replay.stock:Mrv2Scorer", "stock": "replay.stock:StockScorer"}
 
 
 def scorer(name: str, **kw) -> Scorer:

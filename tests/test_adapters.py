@@ -138,7 +138,7 @@ def test_from_vllm_offline(tmp_path):
     assert r.prompt == [1, 15043, 29892] and r.output == [306, 626, 2]
     assert r.params == SamplingParams(0.7, 0, 0.95, 42) and r.max_tokens == 64
     assert r.stop_token_ids == [2] and r.termination() == "stop"
-    assert r.meta["sampler"] == "vllm"
+    assert r.meta["sampler"] == "vllm-v1-cuda"
     assert [(e.record, e.field) for e in b.errors] == [("1", "params.repetition_penalty"),
                                                       ("2", "params.seed")]
 
