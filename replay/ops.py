@@ -464,6 +464,44 @@ def attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
     return out
 
 
+def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor,
+                    cu_q: torch.Tensor, pos0: torch.Tensor, block_table: torch.Tensor,
+                    scale: float, window: int = 0) -> torch.Tensor:
+    """`attention` over a paged KV cache (vLLM's), with the same bits per query row.
+
+    q:           (T, Hq, D)        queries, packed as in `attention`
+    k_pages:     (N, Hkv, P, D)    keys: position j of sequence s is k_pages[block_table[s, j // P],
+    v_pages:     (N, Hkv, P, D)    :, j % P]; any strides with the last dimension contiguous
+    block_table: (S, max_pages)    page of each P positions of each sequence
+    P must be a multiple of 64 (a key block of the replay contract never straddles two pages).
+    CPU only (float32); the caller keeps block_table's pages within k_pages.
+    """
+    q = _f32("q", q, 3)
+    _check(k_pages.dtype == torch.float32 and v_pages.dtype == torch.float32 and
+           k_pages.dim() == 4 and v_pages.shape == k_pages.shape,
+           f"paged_attention: k_pages and v_pages must be float32 (N, Hkv, P, D), got "
+           f"{tuple(k_pages.shape)} and {tuple(v_pages.shape)}")
+    _check(k_pages.stride() == v_pages.stride() and k_pages.stride(3) == 1,
+           "paged_attention: k_pages and v_pages need one layout with D contiguous")
+    T, Hq, D = q.shape
+    N, Hkv, P, Dk = k_pages.shape
+    _check(Dk == D and Hq % Hkv == 0, f"paged_attention: q is {tuple(q.shape)}, pages "
+                                      f"{tuple(k_pages.shape)}")
+    _check(P % 64 == 0, f"paged_attention: page size {P} is not a multiple of 64")
+    cu_q, pos0, bt = _i64("cu_q", cu_q), _i64("pos0", pos0), _i64("block_table", block_table)
+    S = pos0.shape[0]
+    _check(cu_q.shape == (S + 1,) and bt.dim() == 2 and bt.shape[0] >= S,
+           "paged_attention: cu_q must have S+1 entries and block_table S rows")
+    _check(q.device.type == "cpu" and _BACKEND == "replay",
+           "paged_attention: replay's CPU kernels only (the replay backend)")
+    out = torch.empty_like(q)
+    if T:
+        C().attention_paged_f32(_p(q), _p(k_pages), _p(v_pages), _p(out), _p(cu_q), _p(pos0),
+                                _p(bt), bt.stride(0), P, k_pages.stride(0), k_pages.stride(1),
+                                k_pages.stride(2), S, T, Hq, Hkv, D, float(scale), int(window))
+    return out
+
+
 def _attention_torch(q, k_buf, v_buf, plan: AttentionPlan, scale, window):
     """Plain torch: every chunk and its keys padded into one batch, one SDPA call. The padded
     sizes come from the plan's host-side lengths, so this path does not sync either."""

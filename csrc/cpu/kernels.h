@@ -31,6 +31,20 @@ struct AttnArgs {
   int64_t S, T, Hq, Hkv, D;
   float scale;
   int64_t window;
+  // paged keys and values (block_table != nullptr, vLLM's KV cache): element (page, head, slot,
+  // d) of k and v at page * page_stride + head * head_stride + slot * tok_stride + d; page is a
+  // multiple of the attention's 64-key block, so a key block never straddles two pages
+  const int64_t* block_table = nullptr;
+  int64_t bt_stride = 0, page = 0, page_stride = 0, head_stride = 0, tok_stride = 0;
+
+  // The keys (or values) of key block [b0, b0 + 64) of sequence s, KV head kvh: a pointer to
+  // position b0, consecutive positions tok() floats apart.
+  const float* kblock(const float* base, int64_t s, int64_t kvh, int64_t b0) const {
+    if (!block_table) return base + (kv_start[s] + b0) * Hkv * D + kvh * D;
+    return base + block_table[s * bt_stride + b0 / page] * page_stride + kvh * head_stride +
+           (b0 % page) * tok_stride;
+  }
+  int64_t tok() const { return block_table ? tok_stride : Hkv * D; }
 };
 
 struct SampleArgs {
