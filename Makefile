@@ -51,7 +51,7 @@ $(VLLM_VENV)/.installed: requirements-vllm.txt pyproject.toml
 # Every server these tests start listens on 127.0.0.1 and is stopped by the test; the whole stage
 # is bounded in time.
 test-vllm: build $(VLLM_VENV)/.installed
-	VLLM_HOST_IP=127.0.0.1 timeout 2400 $(VPY) -m pytest -q tests/vllm
+	VLLM_HOST_IP=127.0.0.1 timeout 2400 $(VPY) -m pytest -q tests/vllm_stage
 
 # Every csrc/cuda/*.cu must compile for the GPUs we target, even on machines without one.
 NVCC ?= nvcc

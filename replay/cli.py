@@ -6,6 +6,7 @@
     replay verify --ray local logs/ --out res/    the same on a Ray cluster (resumable)
     replay watch logs/ --out res/                 verify shards as they appear; alarm on failure
     replay report r.jsonl --attacked a.jsonl --out rep/   bound table and PNG plots
+    replay logger --upstream http://127.0.0.1:8000 --out logs/ --key-file k   trusted logger
 """
 from __future__ import annotations
 
@@ -229,6 +230,29 @@ def _policy_args(v):
                    help="do not reject records whose 'model' field differs from this model")
 
 
+def cmd_logger(a) -> int:
+    import replay
+    from replay import logger, stock
+
+    if a.sampler not in ("replay",) + stock.NAMES:
+        raise SystemExit(f"replay logger: --sampler {a.sampler!r} is none of replay, "
+                         f"{', '.join(stock.NAMES)}")
+    if a.key_file:
+        with open(a.key_file, "rb") as f:
+            key = f.read().strip()
+    else:
+        key = a.key.encode()
+    kw = {}
+    if a.chat_template:
+        with open(a.chat_template, encoding="utf-8") as f:
+            kw["chat_template"] = f.read()
+    cfg = logger.Config(a.upstream.rstrip("/"), a.out, key, a.model or replay.TINY_MODEL,
+                        served_model=a.served_model_name, sampler=a.sampler,
+                        max_tokens=a.max_tokens, timeout=a.timeout, **kw)
+    logger.serve(cfg, a.host, a.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="replay",
@@ -293,6 +317,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a shard is read once unchanged for this many seconds (not with --once)")
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(fn=cmd_watch)
+
+    lg = sub.add_parser("logger", help="the trusted logger: an OpenAI-compatible proxy in front "
+                                       "of a vLLM server that writes one record per response")
+    lg.add_argument("--upstream", required=True, help="the vLLM server, e.g. http://127.0.0.1:8000")
+    lg.add_argument("--out", required=True, help="shard folder (replay watch reads it)")
+    lg.add_argument("--model", help="model directory: tokenizer.json, config.json and the weights "
+                                    "whose identity the records carry (default: the shipped one)")
+    key = lg.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key-file", help="file holding the HMAC key the seeds derive from")
+    key.add_argument("--key", help="the HMAC key itself (tests; prefer --key-file)")
+    lg.add_argument("--served-model-name", help="the upstream's model name (default: the model "
+                                                "folder's name)")
+    lg.add_argument("--sampler", default="replay",
+                    help="what the upstream samples with, kept in each record's meta.sampler: "
+                         "replay (the plugin), vllm-cpu, vllm-v1-cuda, vllm-mrv2")
+    lg.add_argument("--max-tokens", type=int, default=256, help="when a request sets none")
+    lg.add_argument("--timeout", type=float, default=600.0, help="seconds per upstream response")
+    lg.add_argument("--chat-template", help="Jinja template file for chat messages (default: a "
+                                            "plain role-tagged template)")
+    lg.add_argument("--host", default="127.0.0.1")
+    lg.add_argument("--port", type=int, default=8100)
+    lg.set_defaults(fn=cmd_logger)
 
     r = sub.add_parser("report", help="bound table and PNG plots for honest (and attacked) "
                                       "traffic")

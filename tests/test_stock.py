@@ -1,6 +1,6 @@
 """replay.stock's sampler models inside replay's pipeline (CPU, no vLLM needed).
 
-The bit-for-bit comparisons with vLLM's own samplers are in tests/vllm/test_stock_samplers.py
+The bit-for-bit comparisons with vLLM's own samplers are in tests/vllm_stage/test_stock_samplers.py
 (make test-vllm). Here: the scan that decides near-ties, records of a simulated stock deployment
 (replay's Engine with a stock sampler model) scored by score_stock with the matching model (all
 tokens predicted, 0 false alarms, an altered token caught) and with a mismatched one (it fails).

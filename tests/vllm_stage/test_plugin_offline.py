@@ -1,4 +1,4 @@
-"""The plugin with vLLM's offline LLM.generate (tests/vllm/offline.py in a child process).
+"""The plugin with vLLM's offline LLM.generate (tests/vllm_stage/offline.py in a child process).
 
 Plugin on (REPLAY_VLLM=1): records of a workload with chunked prefill (a 64-token step budget),
 prefix caching and mixed sampling settings verify 100% exact; the logprobs vLLM returned are bit
