@@ -1,6 +1,6 @@
 """vLLM on CPU with and without the replay plugin, and replay verify against vLLM generate.
 
-    .venv-vllm/bin/python bench/vllm_bench.py [--requests 120]      # writes bench/results/vllm-cpu.md
+    .venv-vllm/bin/python bench/vllm_bench.py [--requests 120]   # -> bench/results/vllm-cpu.md
 
 One workload (tests/vllm_stage/offline.py: mixed prompt lengths, a shared prefix, mixed sampling
 settings; whole prefills, since stock vllm-cpu 0.32 cannot chunk a seeded request's prefill),

@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lg = sub.add_parser("logger", help="the trusted logger: an OpenAI-compatible proxy in front "
                                        "of a vLLM server that writes one record per response")
-    lg.add_argument("--upstream", required=True, help="the vLLM server, e.g. http://127.0.0.1:8000")
+    lg.add_argument("--upstream", required=True,
+                    help="the vLLM server, e.g. http://127.0.0.1:8000")
     lg.add_argument("--out", required=True, help="shard folder (replay watch reads it)")
     lg.add_argument("--model", help="model directory: tokenizer.json, config.json and the weights "
                                     "whose identity the records carry (default: the shipped one)")
