@@ -21,8 +21,10 @@ SETTINGS = [(1.0, 0, 1.0), (0.8, 0, 1.0), (0.0, 0, 1.0), (0.9, 50, 0.95), (0.7, 
             (1.2, 20, 1.0)]
 
 
-def workload(n: int, seed: int = 0, vocab: int = 4096, plain: bool = False):
-    """(request_id, prompt ids, (T, top_k, top_p), max_tokens) for n requests."""
+def workload(n: int, seed: int = 0, vocab: int = 4096, plain: bool = False,
+             max_tokens: int | None = None):
+    """(request_id, prompt ids, (T, top_k, top_p, seed), max_tokens) for n requests (max_tokens:
+    that for all, else 8, 24 or 48)."""
     from replay.records import derive_seed
 
     rng = random.Random(seed)
@@ -37,7 +39,8 @@ def workload(n: int, seed: int = 0, vocab: int = 4096, plain: bool = False):
         if plain:
             k, p = 0, 1.0
         rid = f"off-{seed}-{i:04d}"
-        out.append((rid, prompt, (T, k, p, derive_seed(KEY, rid)), rng.choice([8, 24, 48])))
+        m = rng.choice([8, 24, 48])
+        out.append((rid, prompt, (T, k, p, derive_seed(KEY, rid)), max_tokens or m))
     return out
 
 
@@ -67,6 +70,8 @@ def main(argv=None) -> int:
                          "(its CPU generators cannot rewind): whole prefills, budget 1024")
     ap.add_argument("--requests-mix", default="all", choices=["all", "plain"],
                     help="plain: no top-k / top-p")
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help="max_tokens of every request (default: 8, 24 or 48)")
     ap.add_argument("--timing", action="store_true",
                     help="also report the CPU seconds of generate() over this process and "
                          "vLLM's child processes")
@@ -84,7 +89,7 @@ def main(argv=None) -> int:
               max_model_len=1024, max_num_batched_tokens=a.budget if chunked else 1024,
               max_num_seqs=16, enable_chunked_prefill=chunked, enable_prefix_caching=True,
               block_size=128, skip_tokenizer_init=True, seed=0)
-    reqs = workload(a.requests, a.seed, plain=a.requests_mix == "plain")
+    reqs = workload(a.requests, a.seed, plain=a.requests_mix == "plain", max_tokens=a.max_tokens)
     # vLLM takes seeds as int64: the logger's uint64 seed travels as the same 64 bits
     sps = [VSP(temperature=T, top_k=k, top_p=p,
                seed=s - (1 << 64) if s >= 1 << 63 else s, max_tokens=m,
