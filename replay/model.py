@@ -291,7 +291,7 @@ class Model:
     @classmethod
     def from_pretrained(cls, path: str, name: str | None = None) -> "Model":
         """Load config.json and *.safetensors (a single file, or shards with their index)."""
-        from replay.weights import load_hf_weights, weights_identity
+        from replay.weights import load_hf_weights
 
         cfg_path = os.path.join(path, "config.json")
         if not os.path.exists(cfg_path):
@@ -299,8 +299,15 @@ class Model:
         with open(cfg_path) as f:
             cfg = ModelConfig.from_hf(json.load(f))
         weights = load_hf_weights(path, cfg)
-        ident = f"{name or os.path.basename(os.path.normpath(path))}@{weights_identity(path)}"
-        return cls(cfg, weights, ident)
+        return cls(cfg, weights, cls.identity_of(path, name))
+
+    @staticmethod
+    def identity_of(path: str, name: str | None = None) -> str:
+        """The identity that from_pretrained(path, name) gives, without loading the weights (the
+        fleet's driver keys its results on it before any actor has loaded the model)."""
+        from replay.weights import weights_identity
+
+        return f"{name or os.path.basename(os.path.normpath(path))}@{weights_identity(path)}"
 
     @classmethod
     def random(cls, cfg: ModelConfig, seed: int = 0, std: float = 0.02, device="cpu",

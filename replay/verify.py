@@ -15,7 +15,10 @@ the ops with it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import importlib
+import json
 import sys
 import time
 import types
@@ -55,6 +58,20 @@ class Options:
         if self.token_budget < 1 or self.lm_chunk < 1:
             raise ValueError("token_budget and lm_chunk must be >= 1")
 
+    def fingerprint(self, model_identity: str) -> str:
+        """What a verdict depends on besides the record, as 32 hex digits: replay's version, the
+        model identity, the policy, check_model and the seed key (through an HMAC of it, never
+        the key itself). Not token_budget or lm_chunk: verdicts do not depend on packing (DESIGN
+        §2). The fleet and the watcher key stored results on it, so that a re-run with another
+        key, model or policy verifies again instead of reporting an old pass."""
+        from replay import __version__
+
+        key = (None if self.seed_key is None else
+               hmac.new(self.seed_key, b"replay: seed key fingerprint", hashlib.sha256)
+               .hexdigest())
+        return digest("replay.verify.Options", __version__, model_identity,
+                      self.policy.to_dict(), self.check_model, key)
+
     @classmethod
     def of(cls, options: "Options | None" = None, policy: Policy | None = None,
            **settings) -> "Options":
@@ -62,6 +79,16 @@ class Options:
         if policy is not None:
             settings["policy"] = policy
         return dataclasses.replace(options or cls(), **settings)
+
+
+def digest(*parts) -> str:
+    """SHA-256 (32 hex digits) of the JSON encoding of `parts` (JSON-serialisable values). The
+    encoding is injective (strings are quoted and escaped, lone surrogates too), so different
+    tuples never share a digest short of a SHA-256 collision: unlike "a#b" + "c" and "a" +
+    "b#c", which join to the same string."""
+    s = json.dumps(parts, ensure_ascii=True, sort_keys=True, separators=(",", ":"),
+                   allow_nan=False)
+    return hashlib.sha256(s.encode("ascii")).hexdigest()[:32]
 
 
 class Position(NamedTuple):
