@@ -137,7 +137,8 @@ def cmd_watch(a) -> int:
     from replay.watch import Watcher
 
     w = Watcher(a.dir, a.out, model=a.model or replay.TINY_MODEL, options=_options(a),
-                alarm_cmd=a.alarm_cmd, settle=a.settle, quiet=a.quiet)
+                alarm_cmd=a.alarm_cmd, settle=a.settle, alarm_timeout=a.alarm_timeout,
+                quiet=a.quiet)
     return w.run(once=a.once, interval=a.interval, exit_on_alarm=a.exit_on_alarm)
 
 
@@ -283,14 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", required=True, help="results folder (per-shard tables, ALARM file)")
     w.add_argument("--model", help="model directory (default: the shipped small model)")
     _policy_args(w)
-    w.add_argument("--alarm-cmd", help="shell command run on each alarm (webhook-style); gets "
-                                       "REPLAY_ALARM_FILE, REPLAY_ALARM_SHARD, REPLAY_ALARM_JSON")
+    w.add_argument("--alarm-cmd", help="shell command run on each alarm (webhook-style), in the "
+                                       "background: the alarm's JSON on its stdin, its path in "
+                                       "REPLAY_ALARM_FILE; retried until it exits 0")
+    w.add_argument("--alarm-timeout", type=float, default=30.0,
+                   help="seconds before a hanging alarm command is killed (and retried later)")
     w.add_argument("--once", action="store_true",
-                   help="verify what is there now and exit (1 if any alarm)")
+                   help="verify what is there now, waiting for shards still being written, and "
+                        "exit (1 if any alarm, 2 if a shard never became stable)")
     w.add_argument("--exit-on-alarm", action="store_true", help="stop at the first alarm (exit 1)")
     w.add_argument("--interval", type=float, default=2.0, help="seconds between scans")
     w.add_argument("--settle", type=float, default=2.0,
-                   help="a shard is read once unchanged for this many seconds (not with --once)")
+                   help="a shard is read once unchanged for this many seconds (0: writers "
+                        "rename complete files into place, docs/fleet.md)")
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(fn=cmd_watch)
 
