@@ -170,7 +170,11 @@ def verify_pack(model, pack: list[dict], shard: str, options: Options) -> list[d
 
 
 def _row(it, shard, res: RecordResult) -> dict:
-    return {"key": it["key"], "shard": shard, "ordinal": it["ordinal"], **res.to_dict()}
+    row = {"key": it["key"], "shard": shard, "ordinal": it["ordinal"], **res.to_dict()}
+    # a request_id with a lone surrogate (an error row) cannot go into Parquet as it is: it
+    # would fail the pack on every retry; its escaped form names it
+    return {k: v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v
+            for k, v in row.items()}
 
 
 def _write_rows(path: str, rows: list[dict]):

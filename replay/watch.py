@@ -159,7 +159,11 @@ class Watcher:
             self._say(f"{name} changed while it was read; it is read again once stable")
             return None
         if report is not None:
-            report.write(os.path.join(self.out, "shards", name))
+            try:
+                report.write(os.path.join(self.out, "shards", name))
+            except (OSError, ValueError) as e:  # e.g. a request_id Parquet cannot encode
+                self._say(f"{name}: tables not written ({e}); its verdicts are in the state "
+                          "line and any alarm", always=True)
         prev = self.state.get(name)
         bad = [r for r in rows if r.verdict != "pass"]
         ids = []

@@ -1,6 +1,7 @@
 """Fleet verification on a local Ray cluster (2 CPUs): a worker killed mid-run and a driver that
 stops early still give exactly one result row per input record, identical to a single-process
 run; bad shards are reported with file and line and the rest verify."""
+import json
 import os
 import signal
 import threading
@@ -161,6 +162,23 @@ def test_bad_part_files_are_set_aside_not_fatal(data, tmp_path):
     kept = {k for p in [part[3]] + part[5:] for k in pd.read_parquet(p)["key"]}
     assert set(rows["key"]) == kept
     assert read_parts(out)[1] == []  # set aside once
+
+
+def test_a_row_parquet_cannot_store_is_escaped(data, tmp_path):
+    """A lone-surrogate request_id (an error row) must not fail its pack on every retry."""
+    import pandas as pd
+
+    from replay.fleet import _write_rows
+
+    model = data[0]
+    shard = tmp_path / "a.jsonl"
+    r = fd.records(model, 1, seed=3)[0]
+    shard.write_text(json.dumps(dict(r.to_dict(), request_id="x\ud800")) + "\n")
+    pack = [dict(it, ordinal=i) for i, it in enumerate(shard_items(str(shard), FP))]
+    rows = verify_pack(model, pack, str(shard), Options())
+    _write_rows(str(tmp_path / "p.parquet"), rows)
+    back = pd.read_parquet(tmp_path / "p.parquet")
+    assert list(back["request_id"]) == ["x\\ud800"] and list(back["verdict"]) == ["error"]
 
 
 def _kill_one_worker(out: str, min_parts: int, killed: list):

@@ -280,3 +280,15 @@ def test_another_seed_key_or_model_verifies_every_shard_again(setup, tmp_path):
     with open(out / "state.jsonl", "a") as f:
         f.write('{"shard": "a.jsonl", "sta')
     assert cli.main(_argv(logs, out, model_dir)) == 0
+
+
+def test_a_record_parquet_cannot_store_still_alarms(setup, tmp_path):
+    """A request_id with a lone surrogate: the shard's tables cannot be written, its alarm is."""
+    model_dir, model, recs = setup
+    logs, out = tmp_path / "logs", tmp_path / "out"
+    logs.mkdir()
+    d = dict(recs[0].to_dict(), request_id="x\ud800")
+    (logs / "a.jsonl").write_text(json.dumps(d) + "\n")
+    assert cli.main(_argv(logs, out, model_dir)) == 1
+    rows = json.loads(open(out / "ALARM").readline())["records"]
+    assert [r["field"] for r in rows] == ["request_id"]
