@@ -11,8 +11,9 @@ the parts into out/records.parquet.
 Why every input record gets exactly one result row, and never a stale one:
 - Each input item has a key: the digest (replay.verify.digest, an injective encoding) of the run's
   settings fingerprint (Options.fingerprint: replay's version, the model identity, the policy,
-  check_model, the seed key's HMAC fingerprint), the shard path, and the record's whole content
-  (or, for a line or file that could not be read, its location and error). A row answers exactly
+  check_model, the seed key's HMAC fingerprint), the shard path, the record's whole content (or,
+  for a line or file that could not be read, its location and error), and how many equal items
+  came before it in the shard (so two equal errors on one line are two keys). A row answers exactly
   one key: a re-run with another seed key, model or policy, or over a shard whose records changed,
   has other keys and verifies again. The read task writes the shard's keys, in order, to
   out/shards/ (a manifest, with the fingerprint).
@@ -51,27 +52,33 @@ class FleetIncomplete(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # reading: one shard -> items (records or errors) -> token-budget packs
 
-def _error_item(e: Exception, path: str, fingerprint: str) -> dict:
+def _error_item(e: Exception, path: str) -> dict:
     loc = getattr(e, "location", None) or path
     err = RecordResult.error(e, loc).to_dict()
-    return {"key": digest(fingerprint, path, "error", loc, err["reason"]), "error": err, "cost": 0}
+    return {"what": ("error", loc, err["reason"]), "error": err, "cost": 0}
 
 
 def shard_items(path: str, fingerprint: str) -> list[dict]:
     """Every input item of one shard, in order: {"key", "record", "cost"} or {"key", "error"};
     the keys are digests of (fingerprint, path, the record's content or the error's location and
-    message). An unreadable shard is one error item naming the file; a bad line or row names
-    file:line."""
+    message, how many equal items came before it in the shard): two equal items (two errors on
+    one line) still get two keys. An unreadable shard is one error item naming the file; a bad
+    line or row names file:line."""
     try:
         b = Batch.read_shard(path)
+        items = [{"what": ("record", r.to_dict()), "cost": cost(r)} for r in b.records]
+        items += [_error_item(e, path) for e in b.errors]
     except (RecordError, OSError, ValueError) as e:
-        return [_error_item(e, path, fingerprint)]
-    items = []
-    for r in b.records:
-        d = r.to_dict()
-        items.append({"key": digest(fingerprint, path, "record", d), "record": d,
-                      "cost": cost(r)})
-    return items + [_error_item(e, path, fingerprint) for e in b.errors]
+        items = [_error_item(e, path)]
+    seen: dict[str, int] = {}
+    for it in items:
+        what = it.pop("what")
+        if what[0] == "record":
+            it["record"] = what[1]
+        base = digest(fingerprint, path, *what)
+        it["key"] = digest(base, seen.get(base, 0))
+        seen[base] = seen.get(base, 0) + 1
+    return items
 
 
 def pack_items(items: list[dict], token_budget: int) -> list[list[dict]]:

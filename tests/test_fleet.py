@@ -15,7 +15,7 @@ import helpers as fd  # noqa: E402
 from replay.fleet import (FleetIncomplete, merge, pack_items, shard_items,  # noqa: E402
                           verify_fleet, verify_pack)
 from replay.policy import Policy  # noqa: E402
-from replay.records import Batch  # noqa: E402
+from replay.records import Batch, RecordError  # noqa: E402
 from replay.verify import Options, verify  # noqa: E402
 
 COLS = ["request_id", "verdict", "reason", "field", "n_tokens", "n_exact", "n_suspicious",
@@ -129,6 +129,18 @@ def test_keys_of_lookalike_shards_and_ids_differ(data, tmp_path):
         f.write("{\n")
     ka, kb = _keys(a, FP), _keys(b, FP)
     assert len(ka) == len(kb) == 2 and set(ka).isdisjoint(kb)
+
+
+def test_equal_items_of_one_shard_get_their_own_keys(data, tmp_path, monkeypatch):
+    """Two errors with one location and one message (a line holding two JSON values) are two
+    input items: one key for both would leave one without a row."""
+    path = str(tmp_path / "two.jsonl")
+    open(path, "w").close()
+    err = RecordError(f"{path}:1", None, "two JSON values on one line", f"{path}:1")
+    monkeypatch.setattr(Batch, "read_shard", classmethod(lambda cls, p: Batch([], [err, err])))
+    items = shard_items(path, FP)
+    assert len(items) == 2 and items[0]["key"] != items[1]["key"]
+    assert items[0]["error"] == items[1]["error"]
 
 
 def test_bad_part_files_are_set_aside_not_fatal(data, tmp_path):
