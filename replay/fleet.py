@@ -10,12 +10,12 @@ the parts into out/records.parquet.
 
 Why every input record gets exactly one result row, and never a stale one:
 - Each input item has a key: the digest (replay.verify.digest, an injective encoding) of the run's
-  settings fingerprint (Options.fingerprint: replay's version, the model identity, the policy,
-  check_model, the seed key's HMAC fingerprint), the shard path, the record's whole content (or,
-  for a line or file that could not be read, its location and error), and how many equal items
-  came before it in the shard (so two equal errors on one line are two keys). A row answers exactly
-  one key: a re-run with another seed key, model or policy, or over a shard whose records changed,
-  has other keys and verifies again. The read task writes the shard's keys, in order, to
+  settings fingerprint (Options.fingerprint: replay's version, the model identity, the kernel
+  stack, the policy, check_model, the seed key's HMAC fingerprint), the shard path, the record's
+  whole content (or, for a line or file that could not be read, its location and error), and how
+  many equal items came before it in the shard (so two equal errors on one line are two keys). A
+  row answers exactly one key: a re-run with another seed key, model, kernel stack or policy, or
+  over a shard whose records changed, has other keys and verifies again. The read task writes the shard's keys, in order, to
   out/shards/ (a manifest, with the fingerprint).
 - An actor writes a pack's rows to a file named by the digest of the pack's keys, atomically (temp
   file + rename). A worker that dies before the rename leaves nothing; Ray restarts the actor and
@@ -141,22 +141,34 @@ def load_model(spec, device: str = "cpu"):
     return m.to(device) if device != "cpu" else m
 
 
-def model_identity(spec) -> str:
-    """The identity (Model.identity) of the model that `spec` gives the actors, for the
-    fingerprint: a Model's own; a callable's model's (built here once); a folder's, computed here
-    if this machine sees the folder, else by a task on the cluster, without loading weights."""
+def model_identity(spec, device: str = "cpu") -> tuple[str, str]:
+    """(Model.identity, Model.stack) of the model that `spec` gives the actors on `device`, for
+    the fingerprint. The identity: a Model's own; a callable's model's (built here once); a
+    folder's, computed here if this machine sees the folder, else by a task on the cluster,
+    without loading weights. The stack (ops.stack of the device and the model's dtype): here for
+    the CPU, by a task on a GPU of the cluster for CUDA."""
+    import ray
+    from replay import ops
     from replay.model import Model
 
-    if isinstance(spec, Model):
-        return spec.identity
-    if callable(spec):
-        return load_model(spec).identity
-    path = os.fspath(spec)
-    if os.path.isdir(path):
-        return Model.identity_of(path)
-    import ray
+    dtype = "float32"  # what from_pretrained loads, and load_model keeps
+    if isinstance(spec, Model) or callable(spec):
+        m = spec if isinstance(spec, Model) else load_model(spec)
+        if not hasattr(m, "stack"):  # a model that checks no stack (replay.hf's)
+            return m.identity, ""
+        ident, dtype = m.identity, str(m.dtype).replace("torch.", "")
+    elif os.path.isdir(os.fspath(spec)):
+        ident = Model.identity_of(os.fspath(spec))
+    else:
+        ident = ray.get(ray.remote(num_cpus=0)(Model.identity_of).remote(os.fspath(spec)))
 
-    return ray.get(ray.remote(num_cpus=0)(Model.identity_of).remote(path))
+    def stack():
+        import torch
+
+        return ops.stack(device, getattr(torch, dtype))
+    if device == "cpu":
+        return ident, stack()
+    return ident, ray.get(ray.remote(num_gpus=1, num_cpus=0)(stack).remote())
 
 
 def verify_pack(model, pack: list[dict], shard: str, options: Options) -> list[dict]:
@@ -195,15 +207,16 @@ def _write_rows(path: str, rows: list[dict]):
 class _Verifier:
     """Ray Data actor: holds the model; one call verifies packs and writes their rows."""
 
-    def __init__(self, model, device, options: Options, out, threads, identity: str):
+    def __init__(self, model, device, options: Options, out, threads, identity: tuple):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         self.model = load_model(model, device)
-        if self.model.identity != identity:  # its rows would be filed under another model's key
-            raise RuntimeError(f"the model loaded here is {self.model.identity!r}, the driver "
-                               f"keyed this run on {identity!r} (did its weights change?)")
+        here = (self.model.identity, getattr(self.model, "stack", ""))
+        if here != tuple(identity):  # its rows would be filed under another model's key
+            raise RuntimeError(f"the model loaded here is {here}, the driver keyed this run on "
+                               f"{tuple(identity)} (did its weights or the kernels change?)")
         self.options = options
         self.parts = os.path.join(out, "parts")
         open(os.path.join(out, "workers", str(os.getpid())), "w").close()  # who to kill, in tests
@@ -387,10 +400,10 @@ def verify_fleet(shards, model, out: str, address: str = "local", workers: int |
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        identity = model_identity(model)
-        fingerprint = opts.fingerprint(identity)
         res = ray.cluster_resources()
         device = device or ("cuda" if res.get("GPU", 0) >= 1 else "cpu")
+        identity = model_identity(model, device)
+        fingerprint = opts.fingerprint(*identity)
         per = {"num_gpus": 1, "num_cpus": 1} if device == "cuda" else {"num_cpus": 1}
         n = workers or max(1, int(res.get("GPU", 0) if device == "cuda" else res.get("CPU", 1)))
         ds = ray.data.from_items([{"shard": s, "order": i} for i, s in enumerate(shards)])
@@ -419,6 +432,7 @@ def verify_fleet(shards, model, out: str, address: str = "local", workers: int |
                   lambda p: rows.to_parquet(p, index=False))
     _atomic_write(os.path.join(out, "report.json"),
                   lambda p: _dump(p, {"counts": result.counts, "shards": shards,
-                                      "model": identity, "policy": opts.policy.to_dict(),
+                                      "model": identity[0], "stack": identity[1],
+                                      "policy": opts.policy.to_dict(),
                                       "fingerprint": fingerprint, "ok": result.ok}))
     return result

@@ -58,18 +58,19 @@ class Options:
         if self.token_budget < 1 or self.lm_chunk < 1:
             raise ValueError("token_budget and lm_chunk must be >= 1")
 
-    def fingerprint(self, model_identity: str) -> str:
+    def fingerprint(self, model_identity: str, stack: str = "") -> str:
         """What a verdict depends on besides the record, as 32 hex digits: replay's version, the
-        model identity, the policy, check_model and the seed key (through an HMAC of it, never
-        the key itself). Not token_budget or lm_chunk: verdicts do not depend on packing (DESIGN
-        §2). The fleet and the watcher key stored results on it, so that a re-run with another
-        key, model or policy verifies again instead of reporting an old pass."""
+        model identity, the kernel stack the verifier runs on (Model.stack: an exact policy fails
+        records from another), the policy, check_model and the seed key (through an HMAC of it,
+        never the key itself). Not token_budget or lm_chunk: verdicts do not depend on packing
+        (DESIGN §2). The fleet and the watcher key stored results on it, so that a re-run with
+        another key, model, stack or policy verifies again instead of reporting an old pass."""
         from replay import __version__
 
         key = (None if self.seed_key is None else
                hmac.new(self.seed_key, b"replay: seed key fingerprint", hashlib.sha256)
                .hexdigest())
-        return digest("replay.verify.Options", __version__, model_identity,
+        return digest("replay.verify.Options", __version__, model_identity, stack,
                       self.policy.to_dict(), self.check_model, key)
 
     @classmethod

@@ -75,7 +75,8 @@ class Watcher:
         self.folder, self.out = os.fspath(folder), os.fspath(out)
         self.model = load_model(model)
         self.options = Options.of(options, policy, **settings)
-        self.fingerprint = self.options.fingerprint(self.model.identity)
+        self.fingerprint = self.options.fingerprint(self.model.identity,
+                                                    getattr(self.model, "stack", ""))
         self.alarm_cmd, self.settle, self.quiet = alarm_cmd, settle, quiet
         self.alarm_timeout = alarm_timeout
         self.alarm_file = os.path.join(self.out, "ALARM")

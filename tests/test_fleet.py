@@ -105,7 +105,9 @@ def test_keys_change_with_all_that_a_verdict_depends_on(data, tmp_path):
               Options(check_model=False)]
     fps = {fp} | {o.fingerprint(model.identity) for o in others}
     fps.add(Options().fingerprint(model.identity + "x"))
-    assert len(fps) == len(others) + 2
+    fps.add(Options().fingerprint(model.identity, "replay 0 / torch / cpu / float32"))
+    assert Options().fingerprint(model.identity, "") == fp
+    assert len(fps) == len(others) + 3
     for f in fps - {fp}:
         assert set(_keys(shard, f)).isdisjoint(k0)
     # one record's tokens changed: that record alone gets a new key

@@ -282,6 +282,23 @@ def test_another_seed_key_or_model_verifies_every_shard_again(setup, tmp_path):
     assert cli.main(_argv(logs, out, model_dir)) == 0
 
 
+def test_another_kernel_stack_verifies_every_shard_again(setup, tmp_path):
+    """A verdict depends on the stack the verifier runs on (an exact policy fails records from
+    another): a restart on another ops backend is not told 'already verified'."""
+    from replay import ops
+
+    model_dir, model, recs = setup
+    logs, out = tmp_path / "logs", tmp_path / "out"
+    logs.mkdir()
+    Batch(recs[:3]).to_jsonl(logs / "a.jsonl")
+    assert Watcher(str(logs), str(out), model_dir, settle=0, quiet=True).run(once=True) == 0
+    with ops.backend("torch"):
+        w = Watcher(str(logs), str(out), model_dir, settle=0, quiet=True)
+        assert w.run(once=True) == 1
+    assert w.state["a.jsonl"]["fail"] == 3
+    assert {r["field"] for r in json.loads(open(out / "ALARM").readline())["records"]} == {"stack"}
+
+
 def test_a_record_parquet_cannot_store_still_alarms(setup, tmp_path):
     """A request_id with a lone surrogate: the shard's tables cannot be written, its alarm is."""
     model_dir, model, recs = setup
