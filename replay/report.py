@@ -27,9 +27,10 @@ class RecordResult:
     """The verdict on one input record: the row that the report, the fleet and the watcher write.
 
     verdict: "pass", "fail" (a token the policy does not accept, a bad termination, a seed that is
-    not the logger's) or "error" (malformed or unreadable: `field` names the offending field);
-    reason: why, empty on a pass; first_failure: the output index of the first token that is not
-    "safe"; termination: Record.termination() ("stop", "length" or "bad:<reason>").
+    not the logger's, a field that differs from the logger's request) or "error" (malformed or
+    unreadable: `field` names the offending field); reason: why, empty on a pass; first_failure:
+    the output index of the first token that is not "safe"; termination: Record.termination()
+    ("stop", "length", "context" or "bad:<reason>").
     Reading a row as a mapping (row["verdict"]) works too, as the rows were dicts before."""
     request_id: str | None
     verdict: str
@@ -97,19 +98,19 @@ class Report:
                 cols[k].append(v[n])
             cols["verdict"].append(verdicts[n])
 
-    def finish(self, records, seconds: float, seed_failures: dict[str, str] | None = None):
-        """One RecordResult per verified record, from its tokens' verdicts, its termination and
-        the seed check (seed_failures: request_id -> reason)."""
-        cols, seed_failures = self.tokens, seed_failures or {}
+    def finish(self, records, seconds: float, claims: dict | None = None,
+               max_context: int | None = None):
+        """One RecordResult per verified record, from its tokens' verdicts, its termination
+        (against the logger's limits and the model's max_context) and the checks of what it
+        claims (claims: request_id -> [(field, reason)], replay.verify.claim_failures)."""
+        cols, claims = self.tokens, claims or {}
         for r in records:
             idx = self._per_record.get(r.request_id, [])
             v = [cols["verdict"][i] for i in idx]
             first = next((cols["index"][i] for i in idx if cols["verdict"][i] != "safe"), None)
-            term = r.termination()
-            reasons, fld = [], None
-            if r.request_id in seed_failures:
-                reasons.append(seed_failures[r.request_id])
-                fld = "params.seed"
+            term = r.termination(max_context)
+            bad = claims.get(r.request_id, [])
+            reasons, fld = [reason for _, reason in bad], bad[0][0] if bad else None
             if first is not None:
                 i = idx[first]
                 reasons.append(f"token {first} (position {cols['position'][i]}): claimed "

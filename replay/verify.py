@@ -43,8 +43,10 @@ class Options:
     token_budget: teacher-forced tokens per forward pass (prompt + output - 1 per record)
     lm_chunk:     output rows per LM-head and scoring chunk
     check_model:  reject records whose `model` field is not the verifier's model identity
-    seed_key:     the logger's HMAC key: each record's params.seed must equal
-                  records.derive_seed(seed_key, request_id), else the record fails
+    seed_key:     the logger's HMAC key (bytes, not empty): each record's params.seed must
+                  equal records.derive_seed(seed_key, request_id), else the record fails; and
+                  every record must carry the logger's copy of its request (Record.request),
+                  else it is refused by name
     """
     policy: Policy = field(default_factory=Policy.exact)
     token_budget: int = 4096
@@ -57,6 +59,12 @@ class Options:
             raise TypeError(f"policy: expected a Policy, got {type(self.policy).__name__}")
         if self.token_budget < 1 or self.lm_chunk < 1:
             raise ValueError("token_budget and lm_chunk must be >= 1")
+        if isinstance(self.seed_key, str):
+            object.__setattr__(self, "seed_key", self.seed_key.encode("utf-8"))
+        if self.seed_key is not None and not isinstance(self.seed_key, bytes):
+            raise TypeError(f"seed_key: expected bytes, got {type(self.seed_key).__name__}")
+        if self.seed_key == b"":  # an empty key would silently turn the check off
+            raise ValueError("seed_key: empty; give the logger's key, or None for no seed check")
 
     def fingerprint(self, model_identity: str, stack: str = "") -> str:
         """What a verdict depends on besides the record, as 32 hex digits: replay's version, the
@@ -223,17 +231,19 @@ def as_batch(batch) -> Batch:
     return Batch(list(batch))
 
 
-def seed_failures(records, seed_key: bytes | None) -> dict[str, str]:
-    """request_id -> reason, for records whose seed is not HMAC-SHA256(seed_key, request_id)
-    (records.derive_seed): a server that picks its own seeds can grind them to steer outputs."""
-    if seed_key is None:
-        return {}
-    out = {}
+def claim_failures(records, seed_key: bytes | None) -> dict[str, list[tuple[str, str]]]:
+    """request_id -> [(field, reason)] for what a record claims that the logger did not log: a
+    seed that is not HMAC-SHA256(seed_key, request_id) (records.derive_seed; a server that picks
+    its own seeds can grind them to steer outputs), or a field that differs from the logger's copy
+    of the request (Record.claim_mismatches). Reasons never name the expected seed."""
+    out: dict[str, list] = {}
     for r in records:
-        want = derive_seed(seed_key, r.request_id)
-        if r.params.seed != want:
-            out[r.request_id] = (f"params.seed: {r.params.seed} is not the logger's seed for "
-                                 f"this request_id ({want})")
+        bad = r.claim_mismatches()
+        if seed_key is not None and r.params.seed != derive_seed(seed_key, r.request_id):
+            bad.insert(0, ("params.seed", "params.seed: not the logger's seed for this "
+                                          "request_id (HMAC-SHA256 of the logger key)"))
+        if bad:
+            out[r.request_id] = bad
     return out
 
 
@@ -257,7 +267,8 @@ def verify(batch, model, policy: Policy | None = None, *, options: Options | Non
     t0 = time.perf_counter()
     cfg = model.cfg
     good, errors = b.validate(cfg.vocab_size, cfg.max_context,
-                              model=model.identity if opts.check_model else None)
+                              model=model.identity if opts.check_model else None,
+                              require_request=opts.seed_key is not None)
     here = getattr(model, "stack", "")  # a model without one (replay.hf's) checks no stack
     report = Report(policy=pol, model=model.identity, vocab_size=cfg.vocab_size, stack=here)
     for e in errors:
@@ -288,7 +299,8 @@ def verify(batch, model, policy: Policy | None = None, *, options: Options | Non
     report.logits = {r.request_id: (torch.stack(kept[r.request_id]) if r.output
                                     else torch.empty(0, cfg.vocab_size))
                      for r in good} if keep_logits else {}
-    report.finish(good, time.perf_counter() - t0, seed_failures(good, opts.seed_key))
+    report.finish(good, time.perf_counter() - t0, claim_failures(good, opts.seed_key),
+                  max_context=cfg.max_context)
     for r in elsewhere:
         report.add_stack_mismatch(r)
     return report
