@@ -6,6 +6,10 @@
     replay verify --ray local logs/ --out res/    the same on a Ray cluster (resumable)
     replay watch logs/ --out res/                 verify shards as they appear; alarm on failure
     replay report r.jsonl --attacked a.jsonl --out rep/   bound table and PNG plots
+
+Exit status (EXIT_STATUS): 0 every record passed; 1 some record failed verification (a forged
+token, a bad termination, a seed or limit the logger did not log); 2 the input could not be
+verified: a usage error, an unreadable path, no records, or malformed records (and none failed).
 """
 from __future__ import annotations
 
@@ -13,6 +17,60 @@ import argparse
 import json
 import os
 import sys
+
+EXIT_STATUS = """exit status:
+  0  every record passed
+  1  some record failed verification (forged token, bad termination, a seed or a limit
+     that the logger did not log)
+  2  the input could not be verified: usage error, unreadable file, no records, or
+     malformed records (and none failed)"""
+
+SEED_KEY_ENV = "REPLAY_SEED_KEY"  # the logger key, for commands that take --seed-key-file
+
+
+class UsageError(Exception):
+    """A command that cannot run as asked (exit status 2, one line on stderr)."""
+
+
+def _seed_key(a, cmd: str, warn: bool = True) -> bytes | None:
+    """The logger's key from --seed-key-file (the file's bytes, one trailing newline dropped),
+    else $REPLAY_SEED_KEY, else the deprecated --seed-key VALUE (visible in `ps` for as long as
+    the process runs). None, with a warning on stderr, when no key is given."""
+    sources = [s for s in ("seed_key_file", "seed_key") if getattr(a, s, None) is not None]
+    if len(sources) > 1:
+        raise UsageError("give one of --seed-key-file and --seed-key, not both")
+    if a.seed_key_file is not None:
+        try:
+            with open(a.seed_key_file, "rb") as f:
+                key = f.read()
+        except OSError as e:
+            raise UsageError(f"--seed-key-file: {e}") from None
+        key = key[:-2] if key.endswith(b"\r\n") else key[:-1] if key.endswith(b"\n") else key
+        where = f"--seed-key-file {a.seed_key_file}"
+    elif a.seed_key is not None:
+        print(f"replay {cmd}: warning: --seed-key puts the key in the process list; use "
+              f"--seed-key-file or ${SEED_KEY_ENV}", file=sys.stderr)
+        key, where = a.seed_key.encode("utf-8"), "--seed-key"
+    elif SEED_KEY_ENV in os.environ:
+        # taken out of the environment: alarm commands and other children must not inherit it
+        key, where = os.environb.pop(SEED_KEY_ENV.encode()), f"${SEED_KEY_ENV}"
+    else:
+        if warn:
+            print(f"replay {cmd}: WARNING: no seed key (--seed-key-file or ${SEED_KEY_ENV}): "
+                  "seeds are not checked, so a server that picks its own seeds can hide bits "
+                  "in them, and records need not carry the logger's request", file=sys.stderr)
+        return None
+    if not key:
+        raise UsageError(f"{where}: the seed key is empty (an empty key would turn the seed "
+                         "check off)")
+    return key
+
+
+def exit_status(counts: dict) -> int:
+    """EXIT_STATUS from a report's counts (records, fail, error)."""
+    if counts["fail"]:
+        return 1
+    return 2 if counts["error"] or not counts["records"] else 0
 
 
 def _model(path: str | None):
@@ -64,7 +122,7 @@ def cmd_generate(a) -> int:
     model_dir = a.model or replay.TINY_MODEL
     model = _model(model_dir)
     tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
-    key = a.seed_key.encode() if a.seed_key else None
+    key = _seed_key(a, "generate", warn=False)
     stop = [int(s) for s in a.stop.split(",")] if a.stop else (
         [tok.token_to_id("<|endoftext|>")] if tok.token_to_id("<|endoftext|>") is not None else [])
     reqs = []
@@ -97,22 +155,27 @@ def _options(a):
 
     kw = {} if a.token_budget is None else {"token_budget": a.token_budget}
     return Options(POLICIES[a.policy](Policy, a), check_model=not a.no_model_check,
-                   seed_key=a.seed_key.encode() if a.seed_key else None, **kw)
+                   seed_key=_seed_key(a, a.cmd), **kw)
 
 
 def cmd_verify(a) -> int:
+    from replay.records import Batch
     from replay.verify import verify
 
     if a.ray:
         return _verify_ray(a)
     if len(a.records) != 1:
-        raise SystemExit("replay verify: several record paths need --ray (or pass a folder)")
-    report = verify(a.records[0], _model(a.model), options=_options(a), progress=not a.quiet)
+        raise UsageError("several record paths need --ray (or pass a folder)")
+    opts = _options(a)
+    batch = Batch.read(a.records[0])  # an unreadable path: one line and exit status 2
+    if not batch.records and not batch.errors:
+        raise UsageError(f"{a.records[0]}: no records (an empty input verifies nothing)")
+    report = verify(batch, _model(a.model), options=opts, progress=not a.quiet)
     print(report.summary(max_lines=a.show))
     if a.out:
         report.write(a.out)
         print(f"tables written to {a.out}/ (records.parquet, tokens.parquet, report.json)")
-    return 0 if report.ok else 1
+    return exit_status(report.counts())
 
 
 def _verify_ray(a) -> int:
@@ -129,7 +192,7 @@ def _verify_ray(a) -> int:
         print(f"replay verify --ray: incomplete: {e}", file=sys.stderr)
         return 2
     print(res.summary(max_lines=a.show))
-    return 0 if res.ok else 1
+    return exit_status(res.counts)
 
 
 def cmd_watch(a) -> int:
@@ -222,17 +285,26 @@ def _policy_args(v):
     v.add_argument("--p-min", type=float, default=0.01, help="--policy prob: smallest accepted "
                                                              "probability")
     v.add_argument("--accept-top-k", type=int, default=8, help="--policy top-k: accepted ranks")
-    v.add_argument("--seed-key", help="the logger's key: every seed must be "
-                                      "HMAC-SHA256(key, request_id), else the record fails")
+    _seed_key_args(v, "the logger's key: every seed must be HMAC-SHA256(key, request_id) and "
+                      "every record must carry the logger's copy of its request, else the "
+                      "record fails")
     v.add_argument("--token-budget", type=int,
                    help="teacher-forced tokens per forward pass (default 4096)")
     v.add_argument("--no-model-check", action="store_true",
                    help="do not reject records whose 'model' field differs from this model")
 
 
+def _seed_key_args(p, what: str):
+    p.add_argument("--seed-key-file", metavar="PATH",
+                   help=f"{what}; the file's bytes are the key (one trailing newline dropped). "
+                        f"Or set ${SEED_KEY_ENV}")
+    p.add_argument("--seed-key", metavar="KEY", help="deprecated: the key on the command line, "
+                                                     "visible in the process list")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="replay",
+        prog="replay", epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Batch-invariant inference and exact teacher-forced verification. "
                     "Without --model, commands use the small model shipped with replay.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -255,14 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", help="comma-separated stop token ids (default: the tokenizer's "
                                   "<|endoftext|>)")
     g.add_argument("--seed", type=int, default=0, help="seed of the first request (+1 each)")
-    g.add_argument("--seed-key", help="derive seeds as HMAC-SHA256(key, request_id), as a "
-                                      "trusted logger would")
+    _seed_key_args(g, "derive seeds as HMAC-SHA256(key, request_id), as a trusted logger "
+                      "would")
     g.add_argument("--max-batch", type=int, default=32)
     g.add_argument("--chunk-size", type=int, default=256, help="prefill chunk per step")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(fn=cmd_generate)
 
-    v = sub.add_parser("verify", help="verify records token by token (exit 1 on any failure)")
+    v = sub.add_parser("verify", help="verify records token by token (exit 1 on any failure)",
+                       epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("records", nargs="+",
                    help="records: .jsonl, .parquet, or a folder of shards (several with --ray)")
     v.add_argument("--model", help="model directory (default: the shipped small model)")
@@ -316,8 +389,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    return a.fn(a)
+    """EXIT_STATUS; an error that stops a command is one escaped line on stderr, never a
+    traceback (REPLAY_DEBUG=1 shows it)."""
+    from replay.records import RecordError
+    from replay.report import printable
+
+    a = build_parser().parse_args(argv)  # usage errors: argparse's message, exit status 2
+    try:
+        return a.fn(a)
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(printable(e.code), file=sys.stderr)
+            return 2
+        raise
+    except (UsageError, RecordError, OSError, ValueError) as e:
+        if os.environ.get("REPLAY_DEBUG"):
+            raise
+        print(f"replay {a.cmd}: error: {printable(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug: still one line, and how to see more
+        if os.environ.get("REPLAY_DEBUG"):
+            raise
+        print(f"replay {a.cmd}: internal error: {type(e).__name__}: {printable(e)} (run with "
+              "REPLAY_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,11 +12,28 @@ import dataclasses
 import json
 import math
 import os
+import unicodedata
 from dataclasses import dataclass, field
 
 import torch
 
 from replay.policy import Policy
+
+def printable(s) -> str:
+    """s on one line with nothing a terminal would act on: C0/C1 controls, DEL, format characters
+    (bidirectional overrides), line separators and lone surrogates become \\x.. / \\u..
+    escapes, and backslashes are doubled, so that a record's text (a request id with ANSI escapes)
+    cannot erase or reorder the lines around it, nor crash the print."""
+    out = []
+    for c in str(s):
+        if c == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
 
 TOKEN_COLUMNS = ("request_id", "index", "position", "token", "choice", "exact", "logprob", "rank",
                  "in_top_k", "in_top_p", "margin", "kept", "gls", "verdict")
@@ -222,8 +239,8 @@ class Report:
         n = max(c["tokens"], 1)
         lines = [
             f"replay verify: {c['records']} records, {c['tokens']:,} output tokens, "
-            f"model {self.model}, policy {self.policy.kind}",
-            f"  stack:   {self.stack or 'not known'}",
+            f"model {printable(self.model)}, policy {self.policy.kind}",
+            f"  stack:   {printable(self.stack or 'not known')}",
             f"  records: {c['pass']} pass, {c['fail']} fail, {c['error']} malformed",
             f"  tokens:  {c['exact_tokens']:,} exact ({100 * c['exact_tokens'] / n:.2f}%), "
             f"{c['safe_tokens']:,} accepted ({100 * c['safe_tokens'] / n:.2f}%)",
@@ -245,10 +262,10 @@ class Report:
 
 def failure_lines(rows, max_lines: int) -> list[str]:
     """One summary line per row that did not pass (RecordResults, or mappings of their fields),
-    at most max_lines of them, then how many more."""
+    at most max_lines of them, then how many more; record text escaped (printable)."""
     bad = [r for r in rows if r["verdict"] != "pass"]
     more = [f"  ... and {len(bad) - max_lines} more"] if len(bad) > max_lines else []
-    return [f"  {r['verdict'].upper():5s} {r['request_id']}: {r['reason']}"
+    return [f"  {r['verdict'].upper():5s} {printable(r['request_id'])}: {printable(r['reason'])}"
             for r in bad[:max_lines]] + more
 
 

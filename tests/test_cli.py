@@ -10,8 +10,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def replay_cli(*args, cwd=None, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def replay_cli(*args, cwd=None, timeout=600, env=None):
+    env = {**{k: v for k, v in os.environ.items() if k != "REPLAY_SEED_KEY"},
+           "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "replay.cli", *map(str, args)], cwd=cwd or ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)
 
