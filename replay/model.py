@@ -80,10 +80,22 @@ class ModelConfig:
     window: int = 0                # sliding window (Mistral), 0 = none
 
     def __post_init__(self):
+        from replay.hfconfig import MAX_CONTEXT, MAX_HEAD_DIM
+
         if self.arch not in SUPPORTED:
             raise ValueError(f"model_type {self.arch!r} is not supported; replay runs {SUPPORTED}")
+        for k in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads",
+                  "intermediate_size", "max_context"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{k}: must be a positive integer, got {v!r}")
+        if self.max_context > MAX_CONTEXT:  # rope_tables would allocate every position
+            raise ValueError(f"max_context {self.max_context} is above replay's limit "
+                             f"{MAX_CONTEXT}")
         if not self.head_dim:
             self.head_dim = self.hidden_size // self.n_heads
+        if not 1 <= self.head_dim <= MAX_HEAD_DIM:
+            raise ValueError(f"head_dim {self.head_dim} is outside [1, {MAX_HEAD_DIM}]")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"num_attention_heads {self.n_heads} is not a multiple of "
                              f"num_key_value_heads {self.n_kv_heads}")
@@ -100,25 +112,24 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, d: dict) -> "ModelConfig":
-        """From a Hugging Face config.json dict (transformers 4.x and 5.x spellings)."""
+        """From a Hugging Face config.json dict (transformers 4.x and 5.x spellings); a field
+        that replay does not implement is refused by name (replay.hfconfig.check)."""
+        from replay.hfconfig import check
+
         arch = d.get("model_type")
         if arch not in SUPPORTED:
             raise ValueError(f"config.json: model_type {arch!r} is not supported; replay runs "
                              f"{SUPPORTED}")
+        check(d)
         rope = dict(d.get("rope_parameters") or {})
         if d.get("rope_scaling"):
             rope.update(d["rope_scaling"])
         theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", "llama3"):
-            raise ValueError(f"config.json: rope type {rope_type!r} is not supported "
-                             "(default and llama3 are)")
+        rope_type = rope.get("rope_type", rope.get("type", "default"))  # checked: default, llama3
         n_heads = d["num_attention_heads"]
         window = 0
         if arch == "mistral" and d.get("sliding_window"):
             window = int(d["sliding_window"])
-        if arch in ("qwen2", "qwen3") and d.get("use_sliding_window") and d.get("sliding_window"):
-            raise ValueError("config.json: Qwen sliding-window layers are not supported")
         return cls(
             arch=arch,
             vocab_size=d["vocab_size"],
@@ -252,6 +263,7 @@ class Model:
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], identity: str = ""):
         self.cfg = cfg
         self.identity = identity or f"{cfg.arch}-random"
+        self.name = self.identity   # for people: the folder's name when loaded from one
         self.w = weights
         self.cos, self.sin = rope_tables(cfg, cfg.max_context)
         self.device, self.dtype = torch.device("cpu"), torch.float32
@@ -299,15 +311,20 @@ class Model:
         with open(cfg_path) as f:
             cfg = ModelConfig.from_hf(json.load(f))
         weights = load_hf_weights(path, cfg)
-        return cls(cfg, weights, cls.identity_of(path, name))
+        m = cls(cfg, weights, weights_identity(path, cfg))
+        m.name = name or os.path.basename(os.path.normpath(path))
+        return m
 
     @staticmethod
     def identity_of(path: str, name: str | None = None) -> str:
         """The identity that from_pretrained(path, name) gives, without loading the weights (the
-        fleet's driver keys its results on it before any actor has loaded the model)."""
+        fleet's driver keys its results on it before any actor has loaded the model). The name is
+        not part of it: a renamed copy of the same weights is the same model."""
         from replay.weights import weights_identity
 
-        return f"{name or os.path.basename(os.path.normpath(path))}@{weights_identity(path)}"
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = ModelConfig.from_hf(json.load(f))
+        return weights_identity(path, cfg)
 
     @classmethod
     def random(cls, cfg: ModelConfig, seed: int = 0, std: float = 0.02, device="cpu",
