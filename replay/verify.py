@@ -312,5 +312,10 @@ class _CallableModule(types.ModuleType):
     def __call__(self, *args, **kwargs) -> Report:
         return verify(*args, **kwargs)
 
+    @property
+    def __signature__(self):  # help() and inspect show the function's arguments
+        import inspect
+        return inspect.signature(verify)
+
 
 sys.modules[__name__].__class__ = _CallableModule
