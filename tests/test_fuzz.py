@@ -22,7 +22,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import fleet_data as fd  # noqa: E402
+import helpers as fd  # noqa: E402
 from replay import cli  # noqa: E402
 from replay.model import Model  # noqa: E402
 from replay.records import SamplingParams, derive_seed, record_name  # noqa: E402
