@@ -296,34 +296,43 @@ def test_single_process_verify_and_cli(world, capsys):
     _fuzz(lambda spec: _run(world, spec, check), 40 * N)()
 
 
+def _checker(where, rows):
+    """check(folder, expected, kinds, keyed) for a runner rows(folder, out, keyed) -> Counter of
+    row names that writes its results under a fresh `out`."""
+    def check(folder, expected, kinds, keyed):
+        out = tempfile.mkdtemp(prefix="replay-fuzz-out-")
+        try:
+            got, crashed = rows(folder, out, keyed), False
+        except Exception:  # noqa: BLE001 (a crash is what is counted)
+            got, crashed = collections.Counter(), True
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        tally(where, expected, got, kinds, crashed)
+        assert not crashed and got == expected, (expected - got, got - expected)
+    return check
+
+
 def test_watcher(world):
     from replay.watch import Watcher
 
     model_dir, model, _, _ = world
 
-    def check(folder, expected, kinds, keyed):
-        out = tempfile.mkdtemp(prefix="replay-fuzz-out-")
-        try:
-            w = Watcher(folder, out, model=model, quiet=True, seed_key=KEY if keyed else None)
-            w.run(once=True)
-            got = collections.Counter()
-            alarms = [json.loads(x) for x in open(os.path.join(out, "ALARM"))] \
-                if os.path.exists(os.path.join(out, "ALARM")) else []
-            for name in w.state:
-                table = os.path.join(out, "shards", name, "records.parquet")
-                if os.path.exists(table):
-                    got.update(pq.read_table(table).column("request_id").to_pylist())
-                else:
-                    got.update(r["request_id"] for a in alarms if a["shard"] == name
-                               for r in a["records"])
-            crashed = False
-        except Exception:  # noqa: BLE001
-            got, crashed = collections.Counter(), True
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
-        tally("replay watch", expected, got, kinds, crashed)
-        assert not crashed and got == expected, (expected - got, got - expected)
+    def rows(folder, out, keyed):
+        w = Watcher(folder, out, model=model, quiet=True, seed_key=KEY if keyed else None)
+        w.run(once=True)
+        got = collections.Counter()
+        alarms = [json.loads(x) for x in open(os.path.join(out, "ALARM"))] \
+            if os.path.exists(os.path.join(out, "ALARM")) else []
+        for name in w.state:  # a shard's tables, or (unreadable) the alarm that names it
+            table = os.path.join(out, "shards", name, "records.parquet")
+            if os.path.exists(table):
+                got.update(pq.read_table(table).column("request_id").to_pylist())
+            else:
+                got.update(r["request_id"] for a in alarms if a["shard"] == name
+                           for r in a["records"])
+        return got
 
+    check = _checker("replay watch", rows)
     _fuzz(lambda spec: _run(world, spec, check), 15 * N)()
 
 
@@ -337,17 +346,11 @@ def test_fleet(world):
     model_dir, model, _, _ = world
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 
-    def check(folder, expected, kinds, keyed):
-        out = tempfile.mkdtemp(prefix="replay-fuzz-out-")
-        try:
-            res = verify_fleet([folder], model, out, seed_key=KEY if keyed else None)
-            got, crashed = collections.Counter(res.rows["request_id"].tolist()), False
-        except Exception:  # noqa: BLE001
-            got, crashed = collections.Counter(), True
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
-        tally("fleet", expected, got, kinds, crashed)
-        assert not crashed and got == expected, (expected - got, got - expected)
+    def rows(folder, out, keyed):
+        res = verify_fleet([folder], model, out, seed_key=KEY if keyed else None)
+        return collections.Counter(res.rows["request_id"].tolist())
+
+    check = _checker("fleet", rows)
 
     try:
         # no shrinking: each example starts a fleet run (Ray), a failure is reported as drawn
