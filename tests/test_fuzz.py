@@ -297,17 +297,17 @@ def test_single_process_verify_and_cli(world, capsys):
 
 
 def _checker(where, rows):
-    """check(folder, expected, kinds, keyed) for a runner rows(folder, out, keyed) -> Counter of
-    row names that writes its results under a fresh `out`."""
+    """check(folder, expected, kinds, keyed) for a runner rows(folder, out, keyed) -> (Counter
+    of row names, number of named error rows) that writes its results under a fresh `out`."""
     def check(folder, expected, kinds, keyed):
         out = tempfile.mkdtemp(prefix="replay-fuzz-out-")
         try:
-            got, crashed = rows(folder, out, keyed), False
+            (got, named), crashed = rows(folder, out, keyed), False
         except Exception:  # noqa: BLE001 (a crash is what is counted)
-            got, crashed = collections.Counter(), True
+            (got, named), crashed = (collections.Counter(), 0), True
         finally:
             shutil.rmtree(out, ignore_errors=True)
-        tally(where, expected, got, kinds, crashed)
+        tally(where, expected, got, kinds, crashed)["named_errors"] += named
         assert not crashed and got == expected, (expected - got, got - expected)
     return check
 
@@ -320,17 +320,21 @@ def test_watcher(world):
     def rows(folder, out, keyed):
         w = Watcher(folder, out, model=model, quiet=True, seed_key=KEY if keyed else None)
         w.run(once=True)
-        got = collections.Counter()
+        got, named = collections.Counter(), 0
         alarms = [json.loads(x) for x in open(os.path.join(out, "ALARM"))] \
             if os.path.exists(os.path.join(out, "ALARM")) else []
         for name in w.state:  # a shard's tables, or (unreadable) the alarm that names it
             table = os.path.join(out, "shards", name, "records.parquet")
             if os.path.exists(table):
-                got.update(pq.read_table(table).column("request_id").to_pylist())
+                t = pq.read_table(table).to_pydict()
+                got.update(t["request_id"])
+                named += sum(v == "error" and bool(f or r)
+                             for v, f, r in zip(t["verdict"], t["field"], t["reason"]))
             else:
-                got.update(r["request_id"] for a in alarms if a["shard"] == name
-                           for r in a["records"])
-        return got
+                rs = [r for a in alarms if a["shard"] == name for r in a["records"]]
+                got.update(r["request_id"] for r in rs)
+                named += sum(r["verdict"] == "error" and bool(r["reason"]) for r in rs)
+        return got, named
 
     check = _checker("replay watch", rows)
     _fuzz(lambda spec: _run(world, spec, check), 15 * N)()
@@ -348,7 +352,9 @@ def test_fleet(world):
 
     def rows(folder, out, keyed):
         res = verify_fleet([folder], model, out, seed_key=KEY if keyed else None)
-        return collections.Counter(res.rows["request_id"].tolist())
+        r = res.rows
+        named = int(((r["verdict"] == "error") & (r["reason"].fillna("") != "")).sum())
+        return collections.Counter(r["request_id"].tolist()), named
 
     check = _checker("fleet", rows)
 
