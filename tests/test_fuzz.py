@@ -81,6 +81,8 @@ MUTATIONS = {
     "request-bad": _set("request", {"max_tokens": 3}),
     "request-stop-claimed": None,   # the server's truncation (filled in below)
     "model-other": _set("model", "sha256:0000"),
+    "stack-other": _set("stack", "replay 0 / torch 2 / cuda sm_90 / bfloat16"),
+    "stack-int": _set("stack", 7),
     "forged-token": None,
 }
 RAW = {  # whole lines that are not one JSON record
@@ -142,7 +144,7 @@ def _table(dicts):
              "output": pa.list_(pa.int64()), "temperature": pa.float64(), "top_k": pa.int64(),
              "top_p": pa.float64(), "seed": pa.uint64(), "max_tokens": pa.int64(),
              "stop_token_ids": pa.list_(pa.int64()), "model": pa.string(),
-             "request": pa.string(), "meta": pa.string()}
+             "stack": pa.string(), "request": pa.string(), "meta": pa.string()}
     cols = {}
     for f, t in types.items():
         params = f in ("temperature", "top_k", "top_p", "seed")
