@@ -303,7 +303,7 @@ class Model:
     @classmethod
     def from_pretrained(cls, path: str, name: str | None = None) -> "Model":
         """Load config.json and *.safetensors (a single file, or shards with their index)."""
-        from replay.weights import load_hf_weights
+        from replay.weights import load_hf_weights, weights_identity
 
         cfg_path = os.path.join(path, "config.json")
         if not os.path.exists(cfg_path):

@@ -368,11 +368,9 @@ def test_fleet(world):
         ray.shutdown()
 
 
-@pytest.mark.xfail(strict=True, reason="fleet (issue 8 s.3, keys must not collide): an error "
-                   "item's key is '!<file:line>', so the two errors of a line holding two JSON "
-                   "objects share one key and the fleet keeps one row: a record lost. Found by "
-                   "test_fleet's fuzzing; left to the fleet engineer")
 def test_fleet_keys_of_two_errors_on_one_line_do_not_collide(world, tmp_path):
+    # Found by test_fleet's fuzzing (an xfail until the fleet engineer's d07a9b2 fixed it): the
+    # two errors of a line holding two JSON objects shared one key and the fleet kept one row.
     from replay.fleet import shard_items
 
     _, _, base, _ = world
