@@ -344,8 +344,7 @@ def test_watcher(world):
 
 @pytest.mark.slow
 def test_fleet(world):
-    """The fleet, without lines holding two JSON objects: that fault (issue 8 s.3, the fleet
-    engineer's) has its own test below."""
+    """The fleet (each example a fleet run on a local Ray)."""
     ray = pytest.importorskip("ray")
     from replay.fleet import verify_fleet
 
@@ -362,8 +361,7 @@ def test_fleet(world):
 
     try:
         # no shrinking: each example starts a fleet run (Ray), a failure is reported as drawn
-        _fuzz(lambda spec: _run(world, spec, check), 3 * N, shrink=False,
-              skip=("two-objects",))()
+        _fuzz(lambda spec: _run(world, spec, check), 3 * N, shrink=False)()
     finally:
         ray.shutdown()
 
@@ -376,6 +374,6 @@ def test_fleet_keys_of_two_errors_on_one_line_do_not_collide(world, tmp_path):
     _, _, base, _ = world
     p = tmp_path / "two.jsonl"
     p.write_text(json.dumps(base[0]) + "\n" + json.dumps(base[1]) + json.dumps(base[2]) + "\n")
-    items = shard_items(str(p))
+    items = shard_items(str(p), "fingerprint")
     assert len(items) == 3
     assert len({it["key"] for it in items}) == 3
