@@ -255,6 +255,8 @@ class Model:
         self.w = weights
         self.cos, self.sin = rope_tables(cfg, cfg.max_context)
         self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.path: str | None = None  # the folder it was loaded from (its tokenizer.json: text)
+        self.eos_token_ids: list[int] = []  # where generation stops (eos_token_ids)
         self._pack()
 
     def _pack(self):
@@ -299,7 +301,10 @@ class Model:
         with open(cfg_path) as f:
             cfg = ModelConfig.from_hf(json.load(f))
         weights = load_hf_weights(path, cfg)
-        return cls(cfg, weights, cls.identity_of(path, name))
+        m = cls(cfg, weights, cls.identity_of(path, name))
+        m.path = os.fspath(path)
+        m.eos_token_ids = eos_token_ids(path)
+        return m
 
     @staticmethod
     def identity_of(path: str, name: str | None = None) -> str:
@@ -417,3 +422,19 @@ class Model:
                 seen.add(t.data_ptr())
                 n += t.numel()
         return n
+
+
+def eos_token_ids(path: str) -> list[int]:
+    """The model's end-of-sequence ids: eos_token_id (an int or a list) of generation_config.json
+    and of config.json, in that order, without repeats; [] if neither has one."""
+    out: list[int] = []
+    for name in ("generation_config.json", "config.json"):
+        f = os.path.join(path, name)
+        if not os.path.exists(f):
+            continue
+        with open(f) as fh:
+            eos = json.load(fh).get("eos_token_id")
+        for t in eos if isinstance(eos, list) else [eos]:
+            if isinstance(t, int) and not isinstance(t, bool) and t >= 0 and t not in out:
+                out.append(t)
+    return out

@@ -45,12 +45,16 @@ class Options:
     check_model:  reject records whose `model` field is not the verifier's model identity
     seed_key:     the logger's HMAC key: each record's params.seed must equal
                   records.derive_seed(seed_key, request_id), else the record fails
+    tokenizer:    tokenizer.json (or a folder holding one) for the report's decoded text
+                  (replay.text); None: the model folder's, if it has one; "": ids only. Text is
+                  for reading: verdicts never depend on it
     """
     policy: Policy = field(default_factory=Policy.exact)
     token_budget: int = 4096
     lm_chunk: int = 512
     check_model: bool = True
     seed_key: bytes | None = None
+    tokenizer: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.policy, Policy):
@@ -288,10 +292,20 @@ def verify(batch, model, policy: Policy | None = None, *, options: Options | Non
     report.logits = {r.request_id: (torch.stack(kept[r.request_id]) if r.output
                                     else torch.empty(0, cfg.vocab_size))
                      for r in good} if keep_logits else {}
-    report.finish(good, time.perf_counter() - t0, seed_failures(good, opts.seed_key))
+    report.finish(good, time.perf_counter() - t0, seed_failures(good, opts.seed_key),
+                  text=text_of(opts, model))
     for r in elsewhere:
         report.add_stack_mismatch(r)
     return report
+
+
+def text_of(options: Options, model):
+    """The replay.text.Text for the report (Options.tokenizer), or None for ids only."""
+    from replay.text import Text
+
+    if options.tokenizer == "":
+        return None
+    return Text.load(options.tokenizer) if options.tokenizer else Text.find(model)
 
 
 class _CallableModule(types.ModuleType):
