@@ -28,9 +28,10 @@ def cmd_demo(a) -> int:
     return 0 if demo.run(a.requests, a.max_tokens, a.out) else 1
 
 
-def _read_prompts(path: str, tok) -> list[tuple[str, list[int]]]:
+def _read_prompts(path: str, tokenize, prefix: str) -> list[tuple[str, list[int]]]:
     """A .txt file (one prompt a line, '\\n' escapes allowed) or .jsonl ({"prompt": str} or
-    {"prompt_ids": [int]}, optional "request_id")."""
+    {"prompt_ids": [int]}, optional "request_id"); request ids default to prefix-<line>.
+    tokenize(text) -> ids, called only for prompts given as text."""
     out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -41,43 +42,71 @@ def _read_prompts(path: str, tok) -> list[tuple[str, list[int]]]:
                     d = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise SystemExit(f"{path}:{n}: not JSON ({e.msg})")
-                rid = str(d.get("request_id", f"req-{n}"))
+                rid = str(d.get("request_id", f"{prefix}-{n}"))
                 if "prompt_ids" in d:
                     out.append((rid, [int(t) for t in d["prompt_ids"]]))
                 elif "prompt" in d:
-                    out.append((rid, tok.encode(d["prompt"]).ids))
+                    out.append((rid, tokenize(d["prompt"])))
                 else:
                     raise SystemExit(f"{path}:{n}: needs 'prompt' or 'prompt_ids'")
             else:
                 text = line.rstrip("\n").replace("\\n", "\n")
-                out.append((f"req-{n}", tok.encode(text).ids))
+                out.append((f"{prefix}-{n}", tokenize(text)))
     return out
 
 
-def cmd_generate(a) -> int:
-    from tokenizers import Tokenizer
+def _run_prefix() -> str:
+    # Two runs into one folder must not reuse request ids (nor, with a key, their seeds).
+    import secrets
+    import time
 
+    return "gen-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+def cmd_generate(a) -> int:
     import replay
     from replay.engine import Engine, Request
-    from replay.records import Batch, SamplingParams, derive_seed
+    from replay.records import PARQUET_SUFFIXES, SUFFIXES, Batch, SamplingParams, derive_seed
+    from replay.text import Text
 
+    if not a.out.endswith(SUFFIXES):  # before any work: write only what verify reads
+        raise SystemExit(f"replay generate: --out {a.out!r}: records are written as "
+                         f"{' or '.join(SUFFIXES)} (what replay verify reads)")
     model_dir = a.model or replay.TINY_MODEL
+    text = None
+
+    def tokenize(s: str) -> list[int]:
+        nonlocal text
+        if text is None:
+            try:
+                text = Text.load(a.tokenizer or model_dir)
+            except FileNotFoundError as e:
+                raise SystemExit(f"replay generate: prompts given as text need a tokenizer: {e}")
+        return text.tok.encode(s).ids
+    prompts = _read_prompts(a.prompts, tokenize, a.id_prefix or _run_prefix())
     model = _model(model_dir)
-    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    text = text or Text.find(a.tokenizer or model_dir)
     key = a.seed_key.encode() if a.seed_key else None
-    stop = [int(s) for s in a.stop.split(",")] if a.stop else (
-        [tok.token_to_id("<|endoftext|>")] if tok.token_to_id("<|endoftext|>") is not None else [])
+    stop = [int(s) for s in a.stop.split(",")] if a.stop else model.eos_token_ids
     reqs = []
-    for i, (rid, ids) in enumerate(_read_prompts(a.prompts, tok)):
+    for i, (rid, ids) in enumerate(prompts):
         seed = derive_seed(key, rid) if key else (a.seed + i) % 2**64
         p = SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=seed)
         reqs.append(Request(rid, ids, p, max_tokens=a.max_tokens, stop_token_ids=stop))
     engine = Engine(model, max_batch=a.max_batch, chunk_size=a.chunk_size)
     records = engine.run(reqs, progress=not a.quiet)
+    if text is not None:  # the text the client would read, next to the ids the verifier checks
+        for r in records:
+            r.meta.update(prompt_text=text.decode(r.prompt), output_text=text.decode(r.output))
     b = Batch(records)
-    b.to_parquet(a.out) if a.out.endswith(".parquet") else b.to_jsonl(a.out)
+    b.to_parquet(a.out) if a.out.endswith(PARQUET_SUFFIXES) else b.to_jsonl(a.out)
     n = sum(len(r.output) for r in records)
-    print(f"wrote {len(records)} records ({n} output tokens) to {a.out}")
+    if a.json:
+        print(json.dumps({"out": a.out, "records": len(records), "output_tokens": n,
+                          "request_ids": [r.request_id for r in records],
+                          "stop_token_ids": stop}))
+    else:
+        print(f"wrote {len(records)} records ({n} output tokens) to {a.out}")
     return 0
 
 
@@ -146,67 +175,31 @@ def _load_report(src: str, model, options):
     """A report folder (Report.write) as it was, or records verified now with their logits
     kept (so that the bound and the sweep can be computed); (report, records or None)."""
     from replay.records import Batch
+    from replay.report import Report
     from replay.verify import verify
 
     if os.path.isdir(src) and os.path.exists(os.path.join(src, "report.json")):
-        import pandas as pd
-        from replay.policy import Policy
-        from replay.report import RecordResult, Report
-
-        with open(os.path.join(src, "report.json")) as f:
-            d = json.load(f)
-        rep = Report(policy=Policy.from_dict(d["policy"]), model=d["model"],
-                     vocab_size=model.cfg.vocab_size,
-                     records=[RecordResult(**r) for r in d["records"]])
-        t = pd.read_parquet(os.path.join(src, "tokens.parquet"))
-        rep.tokens = {k: t[k].tolist() for k in t.columns}
-        return rep, None
+        return Report.read(src, model.cfg.vocab_size), None
     recs = Batch.read(src)
     return verify(recs, model, options=options, keep_logits=True), recs.records
 
 
 def cmd_report(a) -> int:
-    import math
-
-    from replay import bound
+    from replay import render
 
     model, opts = _model(a.model), _options(a)
-    rep, recs = _load_report(a.source, model, opts)
-    attacked = {}
-    for src in a.attacked or []:
+
+    def traffic(src):
         label = os.path.basename(os.path.normpath(src)).rsplit(".", 1)[0]
-        attacked[label] = _load_report(src, model, opts)
-    os.makedirs(a.out, exist_ok=True)
-    paths = rep.plot(a.out, attacked={k: r for k, (r, _) in attacked.items()}, records=recs)
-    logV = math.log2(model.cfg.vocab_size)
-    lines = [f"# replay report: {rep.model}, policy {rep.policy.kind}", "",
-             "| traffic | records | pass | fail | malformed | tokens | exact | accepted | "
-             "hidden bits (bound) | fraction of channel | bytes/day at --tokens-per-day |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for label, (r, rr) in {os.path.basename(os.path.normpath(a.source)): (rep, recs),
-                           **attacked}.items():
-        c = r.counts()
-        n = max(c["tokens"], 1)
-        hid = frac = per_day = "n/a (no logits)"
-        if r is not rep:  # the bound is the honest traffic's: attacked rows show detection
-            hid = frac = per_day = "-"
-        elif rr is not None and r.policy.single:
-            hid, frac, per_day = "0", "0%", "0"
-        elif rr is not None:
-            b = bound.bound(r, rr)
-            hid, frac = f"{b.hidden_bits:,.0f}", f"{100 * b.fraction:.3f}%"
-            per_day = f"{b.bytes_per_day(a.tokens_per_day):,.0f}"
-        lines.append(f"| {label} | {c['records']} | {c['pass']} | {c['fail']} | {c['error']} "
-                     f"| {c['tokens']:,} "
-                     f"| {100 * c['exact_tokens'] / n:.2f}% | {100 * c['safe_tokens'] / n:.2f}% "
-                     f"| {hid} | {frac} | {per_day} |")
-    lines += ["", f"Channel: log2 V = {logV:.2f} bits per token. Plots: "
-              + ", ".join(os.path.basename(p) for p in paths), ""]
-    lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in paths]
-    with open(os.path.join(a.out, "report.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines[:len(attacked) + 5]))
-    print(f"wrote {a.out}/report.md and {len(paths)} plots")
+        return render.Traffic(label, *_load_report(src, model, opts))
+    honest = traffic(a.source)
+    attacked = [traffic(src) for src in a.attacked or []]
+    paths = render.write(a.out, honest, attacked, a.tokens_per_day, html=a.html)
+    with open(paths["markdown"], encoding="utf-8") as f:
+        print("".join(f.readlines()[:len(attacked) + 5]), end="")
+    wrote = ["report.md"] + (["report.html"] if paths["html"] else [])
+    print(f"wrote {a.out}/{' and '.join(wrote)} and {len(paths['plots'])} plots"
+          + (f" ({paths['plot_error']})" if paths["plot_error"] else ""))
     return 0
 
 
@@ -247,19 +240,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompts", required=True,
                    help=".txt (one prompt a line) or .jsonl ({'prompt': ...} or {'prompt_ids': [...]})")
     g.add_argument("--out", required=True, help="records file, .jsonl or .parquet")
-    g.add_argument("--model", help="model directory (config.json, *.safetensors, tokenizer.json)")
+    g.add_argument("--model", help="model directory (config.json, *.safetensors, tokenizer.json; "
+                                   "default: the shipped small model)")
+    g.add_argument("--tokenizer", help="tokenizer.json for text prompts and the records' text "
+                                       "(default: the model directory's)")
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top-k", type=int, default=0, help="0 keeps all tokens")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--max-tokens", type=int, default=64)
-    g.add_argument("--stop", help="comma-separated stop token ids (default: the tokenizer's "
-                                  "<|endoftext|>)")
+    g.add_argument("--stop", help="comma-separated stop token ids (default: the model's "
+                                  "eos_token_id(s) from generation_config.json and config.json)")
     g.add_argument("--seed", type=int, default=0, help="seed of the first request (+1 each)")
     g.add_argument("--seed-key", help="derive seeds as HMAC-SHA256(key, request_id), as a "
                                       "trusted logger would")
     g.add_argument("--max-batch", type=int, default=32)
     g.add_argument("--chunk-size", type=int, default=256, help="prefill chunk per step")
+    g.add_argument("--id-prefix", help="request ids are PREFIX-<line> (default: gen-<UTC time>-"
+                                       "<random>, so that two runs never share an id)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--json", action="store_true", help="print one JSON object (what was written) "
+                                                       "instead of the summary line")
     g.set_defaults(fn=cmd_generate)
 
     v = sub.add_parser("verify", help="verify records token by token (exit 1 on any failure)")
@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tokens-per-day", type=float, default=1e9,
                    help="traffic for the bytes-per-day column (default 1e9 tokens)")
     r.add_argument("--out", required=True, help="folder for report.md and the PNGs")
+    r.add_argument("--html", action="store_true",
+                   help="also write report.html: one self-contained page, every output token "
+                        "coloured by its verdict, the first failure marked, plots embedded")
     r.set_defaults(fn=cmd_report)
     return p
 
