@@ -40,7 +40,8 @@ h2{font-size:17px;margin:26px 0 8px;border-bottom:1px solid #d5dae0;padding-bott
 table{border-collapse:collapse;background:#fff;font-size:12.5px}
 th,td{border:1px solid #d5dae0;padding:4px 8px;text-align:right}th{background:#eef1f4}
 td:first-child,th:first-child{text-align:left}
-.plots img{max-width:100%;border:1px solid #d5dae0;background:#fff;margin:6px 0}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:8px}
+.plots figure{margin:0}.plots img{width:100%;border:1px solid #d5dae0;background:#fff}
 .legend span{margin-right:12px}
 .rec{background:#fff;border:1px solid #d5dae0;border-radius:6px;margin:10px 0;padding:8px 12px}
 .rec.fail,.rec.error{border-left:5px solid #c92a2a}.rec.pass{border-left:5px solid #2b8a3e}

@@ -99,7 +99,7 @@ def write(out: str, honest: Traffic, attacked: list[Traffic] = (), tokens_per_da
     attacked = list(attacked)
     try:
         plots = honest.report.plot(out, attacked={t.label: t.report for t in attacked},
-                                   records=honest.records)
+                                   records=honest.records, label=honest.label)
         plot_error = None
     except ImportError as e:
         plots, plot_error = [], str(e)

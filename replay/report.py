@@ -247,12 +247,14 @@ class Report:
         """Indices of a record's tokens in the token table, in output order."""
         return self._per_record.get(request_id, [])
 
-    def plot(self, out_dir: str, attacked=None, records=None, thresholds=None) -> list[str]:
+    def plot(self, out_dir: str, attacked=None, records=None, thresholds=None,
+             label: str = "honest") -> list[str]:
         """PNG plots of this (honest) report against attacked traffic (replay.plots):
         scores.png (gls histograms), detection.png (attacked records caught against tokens
         inspected) and, when the report kept its logits and `records` (the verified records,
         for their sampling parameters) are given, sweep.png (extractable fraction against
-        false-positive rate over gls `thresholds`). attacked: a Report or {label: Report}."""
+        false-positive rate over gls `thresholds`). attacked: a Report or {label: Report};
+        label: this traffic's name in the legends."""
         from replay import plots
 
         os.makedirs(out_dir, exist_ok=True)
@@ -262,7 +264,7 @@ class Report:
         out = [plots.score_histogram(self.tokens["gls"],
                                      {k: r.tokens["gls"] for k, r in attacked.items()},
                                      os.path.join(out_dir, "scores.png"),
-                                     threshold=self.policy.gls_cut)]
+                                     threshold=self.policy.gls_cut, honest_label=label)]
         if attacked:
             curves = {}
             for k, r in attacked.items():
