@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -126,7 +127,8 @@ def _options(a):
 
     kw = {} if a.token_budget is None else {"token_budget": a.token_budget}
     return Options(POLICIES[a.policy](Policy, a), check_model=not a.no_model_check,
-                   seed_key=a.seed_key.encode() if a.seed_key else None, **kw)
+                   seed_key=a.seed_key.encode() if a.seed_key else None,
+                   tokenizer="" if a.no_text else a.tokenizer, **kw)
 
 
 def cmd_verify(a) -> int:
@@ -137,11 +139,22 @@ def cmd_verify(a) -> int:
     if len(a.records) != 1:
         raise SystemExit("replay verify: several record paths need --ray (or pass a folder)")
     report = verify(a.records[0], _model(a.model), options=_options(a), progress=not a.quiet)
-    print(report.summary(max_lines=a.show))
+    human = report.summary(max_lines=a.show)
     if a.out:
         report.write(a.out)
-        print(f"tables written to {a.out}/ (records.parquet, tokens.parquet, report.json)")
+        human += f"\ntables written to {a.out}/ (records.parquet, tokens.parquet, report.json)"
+    _emit(a, human, lambda: report.to_dict())
     return 0 if report.ok else 1
+
+
+def _emit(a, human: str, data) -> None:
+    """The summary on stdout; with --json, one JSON object there instead (data(): what to
+    print) and the summary on stderr, so that scripts read stdout and people stderr."""
+    if getattr(a, "json", False):
+        print(json.dumps(data(), default=str, allow_nan=False))
+        print(human, file=sys.stderr)
+    else:
+        print(human)
 
 
 def _verify_ray(a) -> int:
@@ -157,7 +170,9 @@ def _verify_ray(a) -> int:
     except FleetIncomplete as e:
         print(f"replay verify --ray: incomplete: {e}", file=sys.stderr)
         return 2
-    print(res.summary(max_lines=a.show))
+    _emit(a, res.summary(max_lines=a.show), lambda: {
+        "counts": res.counts, "ok": res.ok, "out": res.out,
+        "records": res.rows[res.rows["verdict"] != "pass"].to_dict("records")})
     return 0 if res.ok else 1
 
 
@@ -196,10 +211,11 @@ def cmd_report(a) -> int:
     attacked = [traffic(src) for src in a.attacked or []]
     paths = render.write(a.out, honest, attacked, a.tokens_per_day, html=a.html)
     with open(paths["markdown"], encoding="utf-8") as f:
-        print("".join(f.readlines()[:len(attacked) + 5]), end="")
+        human = "".join(f.readlines()[:len(attacked) + 5])
     wrote = ["report.md"] + (["report.html"] if paths["html"] else [])
-    print(f"wrote {a.out}/{' and '.join(wrote)} and {len(paths['plots'])} plots"
-          + (f" ({paths['plot_error']})" if paths["plot_error"] else ""))
+    human += (f"wrote {a.out}/{' and '.join(wrote)} and {len(paths['plots'])} plots"
+              + (f" ({paths['plot_error']})" if paths["plot_error"] else ""))
+    _emit(a, human, lambda: {k: paths[k] for k in ("markdown", "html", "plots", "rows")})
     return 0
 
 
@@ -209,9 +225,13 @@ def _policy_args(v):
                         "kernels); tolerant: Gumbel-likelihood score above --gls-threshold, else "
                         "suspicious up to --rank-threshold; prob: probability >= --p-min; top-k: "
                         "rank < --accept-top-k")
-    v.add_argument("--gls-threshold", type=float, default=-5.0)
-    v.add_argument("--rank-threshold", type=int, default=32)
-    v.add_argument("--sigma", type=float, default=1.0)
+    v.add_argument("--gls-threshold", type=float, default=-5.0,
+                   help="--policy tolerant: a token whose gls is at or below this is rejected")
+    v.add_argument("--rank-threshold", type=int, default=32,
+                   help="--policy tolerant: a rejected token of rank up to this is "
+                        "'suspicious', above it 'dangerous'")
+    v.add_argument("--sigma", type=float, default=1.0,
+                   help="--policy tolerant: the noise scale of gls, in logit units")
     v.add_argument("--p-min", type=float, default=0.01, help="--policy prob: smallest accepted "
                                                              "probability")
     v.add_argument("--accept-top-k", type=int, default=8, help="--policy top-k: accepted ranks")
@@ -219,20 +239,45 @@ def _policy_args(v):
                                       "HMAC-SHA256(key, request_id), else the record fails")
     v.add_argument("--token-budget", type=int,
                    help="teacher-forced tokens per forward pass (default 4096)")
+    v.add_argument("--tokenizer", help="tokenizer.json for decoded text in every output "
+                                       "(default: the model directory's, if it has one)")
+    v.add_argument("--no-text", action="store_true", help="token ids only, no decoded text")
     v.add_argument("--no-model-check", action="store_true",
                    help="do not reject records whose 'model' field differs from this model")
 
 
+class _Help(argparse.HelpFormatter):
+    """Shows each option's default (except None and False, which mean 'not given')."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if (not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
+                or "default" in h):
+            return h
+        return (h + " " if h else "") + "(default: %(default)s)"
+
+
+def _json_arg(parser, what: str):
+    parser.add_argument("--json", action="store_true",
+                        help=f"print {what} as one JSON object on stdout (the summary goes to "
+                             "stderr)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from replay import __version__
+    from replay.extras import DIST
+
     p = argparse.ArgumentParser(
-        prog="replay",
+        prog="replay", formatter_class=_Help,
         description="Batch-invariant inference and exact teacher-forced verification. "
                     "Without --model, commands use the small model shipped with replay.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p.add_argument("--version", action="version", version=f"replay {__version__} ({DIST})")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=functools.partial(
+        argparse.ArgumentParser, formatter_class=_Help))  # every command shows its defaults
 
     d = sub.add_parser("demo", help="generate under changing batch compositions, verify all")
-    d.add_argument("--requests", type=int, default=40, help="number of requests (default 40)")
-    d.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default 64)")
+    d.add_argument("--requests", type=int, default=40, help="number of requests")
+    d.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
     d.add_argument("--out", default="runs/demo", help="where records and report go")
     d.set_defaults(fn=cmd_demo)
 
@@ -244,16 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "default: the shipped small model)")
     g.add_argument("--tokenizer", help="tokenizer.json for text prompts and the records' text "
                                        "(default: the model directory's)")
-    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     g.add_argument("--top-k", type=int, default=0, help="0 keeps all tokens")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--max-tokens", type=int, default=64)
+    g.add_argument("--top-p", type=float, default=1.0, help="1 keeps all tokens")
+    g.add_argument("--max-tokens", type=int, default=64, help="output tokens per request")
     g.add_argument("--stop", help="comma-separated stop token ids (default: the model's "
                                   "eos_token_id(s) from generation_config.json and config.json)")
     g.add_argument("--seed", type=int, default=0, help="seed of the first request (+1 each)")
     g.add_argument("--seed-key", help="derive seeds as HMAC-SHA256(key, request_id), as a "
                                       "trusted logger would")
-    g.add_argument("--max-batch", type=int, default=32)
+    g.add_argument("--max-batch", type=int, default=32, help="sequences per engine step")
     g.add_argument("--chunk-size", type=int, default=256, help="prefill chunk per step")
     g.add_argument("--id-prefix", help="request ids are PREFIX-<line> (default: gen-<UTC time>-"
                                        "<random>, so that two runs never share an id)")
@@ -276,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--num-cpus", type=int, help="--ray local: CPUs of the local cluster")
     v.add_argument("--show", type=int, default=10, help="failing records listed in the summary")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
+    _json_arg(v, "the counts and every record's verdict")
     v.set_defaults(fn=cmd_verify)
 
     w = sub.add_parser("watch", help="verify record shards as they appear in a folder; alarm "
@@ -314,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--html", action="store_true",
                    help="also write report.html: one self-contained page, every output token "
                         "coloured by its verdict, the first failure marked, plots embedded")
+    _json_arg(r, "the bound table and the files written")
     r.set_defaults(fn=cmd_report)
     return p
 

@@ -141,12 +141,16 @@ class Context:
 
     @classmethod
     def of(cls, row) -> "Context | None":
-        """From a row with those three fields (None when it has no text)."""
-        if row["text_claimed"] is None:
+        """From a row with those three fields (None when it has no text; a table's missing
+        values, NaN or None, count as no text)."""
+        def get(k):
+            v = row.get(k) if hasattr(row, "get") else getattr(row, k, None)
+            return v if isinstance(v, str) else None
+        if get("text_claimed") is None:
             return None
-        lead = row["text_before"] or ""
+        lead = get("text_before") or ""
         cut = lead.startswith("\u2026")
-        return cls(lead[cut:], row["text_claimed"], row["text_choice"], cut)
+        return cls(lead[cut:], get("text_claimed"), get("text_choice"), cut)
 
 
 # Characters that must not reach a terminal raw: C0/C1 controls, DEL, and the bidirectional

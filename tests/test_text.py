@@ -1,6 +1,7 @@
 """Text in the verifier's outputs (replay.text): pieces, a failing token in context, escaping, and
 the report's text columns and FAIL lines with the shipped model's tokenizer."""
 import dataclasses
+import json
 import os
 
 import pytest
@@ -133,3 +134,24 @@ def test_without_a_tokenizer_ids_only(tiny, text):
     # a model without a folder (random weights) has no tokenizer either
     m = Model.random(tiny.cfg, seed=3)
     assert Text.find(m) is None
+
+
+def test_watch_says_what_it_watches_and_alarms_quote_the_context(tiny, text, tmp_path, capsys):
+    from replay.records import Batch
+    from replay.watch import Watcher
+
+    recs = _records(tiny, text, 2)
+    forged = dataclasses.replace(recs[0], output=list(recs[0].output))
+    forged.output[3] = one_token(text, " return")
+    assert forged.output[3] != recs[0].output[3]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    Batch([forged, recs[1]]).to_jsonl(logs / "shard-0.jsonl")
+    w = Watcher(logs, tmp_path / "out", model=tiny)
+    assert w.run(once=True) == 1
+    err = capsys.readouterr().err
+    assert f"watching {logs} for *.jsonl" in err and "seed check OFF" in err
+    assert 'claimed " return", sampler chose "' in err
+    alarm = json.loads((tmp_path / "out" / "ALARM").read_text().splitlines()[-1])
+    row = alarm["records"][0]
+    assert row["text_claimed"] == " return" and row["first_failure"] == 3
