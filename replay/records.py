@@ -5,11 +5,10 @@
     for e in errors:
         print(e.record, e.field, e.message)
 
-Records are plain data: this module imports nothing from the rest of replay but replay.extras (a
-leaf: the install hint), so every layer may use it. Reading never stops at a bad record: each
-malformed line or row becomes one RecordError in Batch.errors (naming the record and the field),
-and the others are kept. Termination (stop token or max_tokens) is judged by the verifier;
-Record.termination() says which case holds.
+Records are plain data: this module imports nothing from the rest of replay, so every layer may
+use it. Reading never stops at a bad record: each malformed line or row becomes one RecordError
+in Batch.errors (naming the record and the field), and the others are kept. Termination
+(stop token or max_tokens) is judged by the verifier; Record.termination() says which case holds.
 """
 from __future__ import annotations
 
@@ -488,7 +487,9 @@ def _drop_duplicates(records: list[Record], where: list) -> tuple[list[Record], 
 
 
 def _pyarrow():
-    from replay.extras import need
-
-    return need("pyarrow.parquet", None, "Parquet records"), need("pyarrow", None,
-                                                                  "Parquet records")
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:  # a core dependency; records import nothing of replay (extras.DIST)
+        raise ImportError("Parquet records need pyarrow: pip install replay-verify") from e
+    return pq, pa
