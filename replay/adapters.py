@@ -322,6 +322,28 @@ def from_vllm(data, model, eos_token_id: int | list[int] | None = None) -> Batch
     return _import(_load(data), parse)
 
 
+def from_openai(data, model, eos_token_id: int | list[int] | None = None) -> Batch:
+    """Records from an OpenAI-compatible server's completions log: a path, a dict or a list of
+    dicts, each a {"request": <completions body>, "response": <completions response>} pair with
+    the prompt and the output as token ids (vLLM's return_token_ids), as a logging proxy in front
+    of `vllm serve` writes them; scored as vLLM's sampler (meta.engine "openai"). A chat
+    completion has no prompt token ids to replay: it is a RecordError. Another kind of entry is
+    a RecordError naming it. model and eos_token_id: as for from_vllm."""
+    entries = []
+    for n, (where, e) in enumerate(_load(data)):
+        if not isinstance(e, RecordError) and not (
+                isinstance(e, dict) and isinstance(e.get("request"), dict)
+                and isinstance(e.get("response"), dict)):
+            at = where or f"entry {n}"
+            e = RecordError(at, None, "not a completions log entry (expected an object with "
+                                      "'request' and 'response')", where)
+        entries.append(e)
+    batch = from_vllm(entries, model, eos_token_id)
+    for r in batch.records:
+        r.meta["engine"] = "openai"
+    return batch
+
+
 def from_sglang(data, model, eos_token_id: int | list[int] | None = None) -> Batch:
     """Records from SGLang /generate logs: a path, a dict or a list of dicts, each
     {"request": {"input_ids", "sampling_params": {temperature, top_p, top_k, max_new_tokens,

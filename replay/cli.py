@@ -4,6 +4,7 @@
     replay generate --prompts p.txt --out r.jsonl generate records with replay's engine
     replay verify r.jsonl [--out report/]         verify records; exit 1 if any record fails
     replay verify --ray local logs/ --out res/    the same on a Ray cluster (resumable)
+    replay verify --engine vllm log.jsonl         a stock vLLM / SGLang / OpenAI-style log
     replay watch logs/ --out res/                 verify shards as they appear; alarm on failure
     replay report r.jsonl --attacked a.jsonl --out rep/   bound table and PNG plots
 """
@@ -120,25 +121,73 @@ POLICIES = {
 }
 
 
+def _policy_name(a) -> str:
+    """--policy, by default exact (replay's engine) or tolerant (a stock engine's log)."""
+    return a.policy or ("tolerant" if getattr(a, "engine", None) else "exact")
+
+
 def _options(a):
     """The verifier's Options from the policy arguments (_policy_args)."""
     from replay.policy import Policy
     from replay.verify import Options
 
     kw = {} if a.token_budget is None else {"token_budget": a.token_budget}
-    return Options(POLICIES[a.policy](Policy, a), check_model=not a.no_model_check,
+    return Options(POLICIES[_policy_name(a)](Policy, a), check_model=not a.no_model_check,
                    seed_key=a.seed_key.encode() if a.seed_key else None,
                    tokenizer="" if a.no_text else a.tokenizer, **kw)
+
+
+# --engine NAME -> (its importer in replay.adapters, the policies its logs can be checked with)
+ENGINES = {
+    # vLLM's sampler is modelled (replay.adapters): its tokens get margins and gls scores
+    "vllm": ("from_vllm", ("tolerant", "prob", "top-k")),
+    "openai": ("from_openai", ("tolerant", "prob", "top-k")),
+    # SGLang's is not: only the probability and the rank of each token can be checked
+    "sglang": ("from_sglang", ("prob", "top-k")),
+}
+
+
+def _usage(cmd: str, message: str):
+    print(f"replay {cmd}: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _verify_stock(a):
+    """verify --engine: the log imported (one record or one named error per entry, with the
+    model's identity and EOS ids) and scored with the model of the engine's sampler."""
+    from replay import adapters
+    from replay.verify import verify
+
+    importer, policies = ENGINES[a.engine]
+    policy = _policy_name(a)
+    if a.ray or len(a.records) != 1:
+        _usage("verify", "--engine reads one log file (and not with --ray)")
+    if policy not in policies:
+        why = ("its sampler is not modelled" if a.engine == "sglang" else
+               "a stock engine's kernels are not replay's, so its tokens are scored, "
+               "not matched")
+        _usage("verify", f"--engine {a.engine} with --policy {policy}: {why}; use "
+                         + " or ".join(f"--policy {p}" for p in policies))
+    model, options = _model(a.model), _options(a)
+    batch = getattr(adapters, importer)(a.records[0], model)
+    if a.engine == "sglang":
+        return verify(batch, model, options=options, progress=not a.quiet)
+    return adapters.score_stock(batch, model, options.policy, options=options,
+                                progress=not a.quiet)
 
 
 def cmd_verify(a) -> int:
     from replay.verify import verify
 
-    if a.ray:
+    if a.engine:
+        report = _verify_stock(a)
+    elif a.ray:
         return _verify_ray(a)
-    if len(a.records) != 1:
+    elif len(a.records) != 1:
         raise SystemExit("replay verify: several record paths need --ray (or pass a folder)")
-    report = verify(a.records[0], _model(a.model), options=_options(a), progress=not a.quiet)
+    else:
+        report = verify(a.records[0], _model(a.model), options=_options(a),
+                        progress=not a.quiet)
     human = report.summary(max_lines=a.show)
     if a.out:
         report.write(a.out)
@@ -220,8 +269,9 @@ def cmd_report(a) -> int:
 
 
 def _policy_args(v):
-    v.add_argument("--policy", choices=list(POLICIES), default="exact",
-                   help="exact: the token must be the sampler's choice (engines running replay's "
+    v.add_argument("--policy", choices=list(POLICIES),
+                   help="(default: exact; with --engine: tolerant) "
+                        "exact: the token must be the sampler's choice (engines running replay's "
                         "kernels); tolerant: Gumbel-likelihood score above --gls-threshold, else "
                         "suspicious up to --rank-threshold; prob: probability >= --p-min; top-k: "
                         "rank < --accept-top-k")
@@ -311,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("records", nargs="+",
                    help="records: .jsonl, .parquet, or a folder of shards (several with --ray)")
     v.add_argument("--model", help="model directory (default: the shipped small model)")
+    v.add_argument("--engine", choices=list(ENGINES),
+                   help="the file is a stock engine's log: vllm (offline RequestOutput lines or "
+                        "completions request/response pairs), openai (completions "
+                        "request/response pairs with token ids), sglang (/generate pairs); "
+                        "imported with the model's EOS ids and scored with the model of the "
+                        "engine's sampler (default policy: tolerant)")
     _policy_args(v)
     v.add_argument("--out", help="write records.parquet, tokens.parquet and report.json here")
     v.add_argument("--ray", metavar="local|ADDRESS",
