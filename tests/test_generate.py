@@ -95,7 +95,7 @@ def test_version_help_defaults_and_json(prompts, tmp_path):
         block = h[h.index(flag):][:300]
         assert f"(default: {default})" in " ".join(block.split()), flag
     h = " ".join(replay_cli("verify", "--help").stdout.split())
-    assert "(default: exact)" in h and "(default: -5.0)" in h
+    assert "(default: exact; with --engine: tolerant)" in h and "(default: -5.0)" in h
     d, p = prompts
     out = tmp_path / "r.jsonl"
     replay_cli("generate", "--prompts", p, "--out", out, "--max-tokens", 3, "--quiet")

@@ -27,8 +27,7 @@ def test_readme_example_runs(i, tmp_path):
 def test_every_replay_attribute_the_readme_names_exists():
     import replay
 
-    names = set(re.findall(r"`replay\.([a-z_]+)", README)) | set(
-        re.findall(r"\breplay\.([a-z_]+)\(", README))
+    names = set(re.findall(r"\breplay\.([a-z][a-z_]*)", README))  # replay._C is private
     assert {"invariant", "bound", "hf"} <= names
     for name in sorted(names - {"cli"}):  # replay.cli is named as the module to run
         assert hasattr(replay, name), f"README names replay.{name}"
