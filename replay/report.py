@@ -79,6 +79,7 @@ class Report:
     model: str
     vocab_size: int
     stack: str = ""  # the kernel stack the verifier ran on (replay.ops.stack)
+    stacks: dict = field(default_factory=dict)  # the stacks the records name -> records ("" = none)
     tokens: dict = field(default_factory=lambda: {k: [] for k in TOKEN_COLUMNS})
     records: list = field(default_factory=list)  # RecordResult, one per input record
     logits: dict = field(default_factory=dict)   # request_id -> (n_output, vocab), keep_logits
@@ -91,14 +92,19 @@ class Report:
     def add_error(self, err: Exception):
         self.records.append(RecordResult.error(err))
 
-    def add_stack_mismatch(self, record):
+    def add_stack_mismatch(self, record, seed_failure: str | None = None):
         """A record made on another kernel stack, under a policy that needs exact replay: it is
-        not scored (its tokens would read as forged) and fails as "stack mismatch"."""
-        self.records.append(RecordResult(
-            record.request_id, "fail", f"stack mismatch: generated on {record.stack!r}, the "
-            f"verifier runs {self.stack!r}; exact replay holds within one stack (verify on the "
-            "record's stack, or with a tolerant policy)", "stack",
-            termination=record.termination()))
+        not scored (its tokens would read as forged) and fails as "stack mismatch"; the checks
+        that need no logits (the seed, termination) still apply."""
+        term = record.termination()
+        reasons = [f"stack mismatch: generated on {record.stack!r}, the verifier runs "
+                   f"{self.stack!r}; exact replay holds within one stack (verify it on that stack)"]
+        if seed_failure:
+            reasons.append(seed_failure)
+        if term.startswith("bad"):
+            reasons.append(f"termination: {term[4:]}")
+        self.records.append(RecordResult(record.request_id, "fail", "; ".join(reasons), "stack",
+                                         termination=term))
 
     def add_tokens(self, positions, sc: dict, verdicts: list[str]):
         """One chunk of scored positions (replay.verify.Position) and their verdicts."""
@@ -205,8 +211,9 @@ class Report:
         return pd.DataFrame(self.tokens)
 
     def to_dict(self, tokens: bool = False) -> dict:
-        d = {"model": self.model, "stack": self.stack, "policy": self.policy.to_dict(),
-             "vocab_size": self.vocab_size, "counts": self.counts(),
+        d = {"model": self.model, "stack": self.stack, "stacks": self.stacks,
+             "policy": self.policy.to_dict(), "vocab_size": self.vocab_size,
+             "counts": self.counts(),
              "records": [r.to_dict() for r in self.records]}
         if tokens:
             d["tokens"] = self.tokens
@@ -233,7 +240,7 @@ class Report:
             d = json.load(f)
         names = set(COLUMNS)
         rep = cls(policy=Policy.from_dict(d["policy"]), model=d["model"],
-                  vocab_size=d.get("vocab_size", vocab_size), stack=d.get("stack", ""),
+                  vocab_size=d.get("vocab_size", vocab_size), stack=d.get("stack", ""), stacks=d.get("stacks", {}),
                   records=[RecordResult(**{k: v for k, v in r.items() if k in names})
                            for r in d["records"]], prompts=d.get("prompts", {}))
         t = pd.read_parquet(os.path.join(out_dir, "tokens.parquet"))
@@ -298,6 +305,10 @@ class Report:
             f"  tokens:  {c['exact_tokens']:,} exact ({100 * c['exact_tokens'] / n:.2f}%), "
             f"{c['safe_tokens']:,} accepted ({100 * c['safe_tokens'] / n:.2f}%)",
         ]
+        other = {s: k for s, k in self.stacks.items() if s and s != self.stack}
+        if other:  # the engine writes the stack: a varying one is a server-chosen field
+            lines.insert(2, f"  {sum(other.values())} records name another stack "
+                            f"({len(other)} distinct; docs/records.md)")
         if c["hidden_bits"] is not None:
             lines.append(f"  hidden capacity: {c['hidden_bits']:.0f} bits of a "
                          f"{c['channel_bits']:,.0f}-bit channel")

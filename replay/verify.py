@@ -22,6 +22,7 @@ import json
 import sys
 import time
 import types
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, NamedTuple, Protocol, Sequence
 
@@ -267,9 +268,13 @@ def verify(batch, model, policy: Policy | None = None, *, options: Options | Non
     for e in errors:
         report.add_error(e)
     # A policy that accepts one token per position needs the engine's exact rows, which only the
-    # same kernel stack recomputes; tolerant policies score records from any stack.
-    elsewhere = [r for r in good if pol.single and here and r.stack and r.stack != here]
-    good = [r for r in good if r not in elsewhere]
+    # same kernel stack recomputes; tolerant policies score records from any stack. A record's
+    # stack is the server's claim (docs/records.md): a mismatch fails, so no claim can pass a
+    # record that exact replay would fail.
+    report.stacks = dict(Counter(r.stack for r in good))
+    mismatch = [bool(pol.single and here and r.stack and r.stack != here) for r in good]
+    elsewhere = [r for r, m in zip(good, mismatch) if m]
+    good = [r for r, m in zip(good, mismatch) if not m]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -292,10 +297,10 @@ def verify(batch, model, policy: Policy | None = None, *, options: Options | Non
     report.logits = {r.request_id: (torch.stack(kept[r.request_id]) if r.output
                                     else torch.empty(0, cfg.vocab_size))
                      for r in good} if keep_logits else {}
-    report.finish(good, time.perf_counter() - t0, seed_failures(good, opts.seed_key),
-                  text=text_of(opts, model))
+    seeds = seed_failures(good + elsewhere, opts.seed_key)
+    report.finish(good, time.perf_counter() - t0, seeds, text=text_of(opts, model))
     for r in elsewhere:
-        report.add_stack_mismatch(r)
+        report.add_stack_mismatch(r, seeds.get(r.request_id))
     return report
 
 
