@@ -240,7 +240,8 @@ class Report:
             d = json.load(f)
         names = set(COLUMNS)
         rep = cls(policy=Policy.from_dict(d["policy"]), model=d["model"],
-                  vocab_size=d.get("vocab_size", vocab_size), stack=d.get("stack", ""), stacks=d.get("stacks", {}),
+                  vocab_size=d.get("vocab_size", vocab_size), stack=d.get("stack", ""),
+                  stacks=d.get("stacks", {}),
                   records=[RecordResult(**{k: v for k, v in r.items() if k in names})
                            for r in d["records"]], prompts=d.get("prompts", {}))
         t = pd.read_parquet(os.path.join(out_dir, "tokens.parquet"))
