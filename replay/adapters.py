@@ -193,15 +193,38 @@ _NEUTRAL = {"min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
 
 
 def _load(data) -> list[tuple[str | None, object]]:
-    """(where, entry) pairs: a .jsonl path read line by line (records.read_jsonl: a bad line is
-    one RecordError entry), a .json path, a dict or a list of dicts."""
+    """(where, entry) pairs: a path read line by line like Batch.read (records.read_jsonl: a
+    bad line is one RecordError entry, the others are kept), unless the file is one JSON array
+    or object (a .json log); a dict or a list of dicts. A file that cannot be read at all is one
+    RecordError entry naming it."""
     if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
         path = os.fspath(data)
-        if path.endswith((".jsonl", ".ndjson")):
-            return list(read_jsonl(path))
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1 << 16).lstrip()
+        except OSError as e:
+            return [(path, RecordError(path, None, f"cannot read the log: {e.strerror}", path))]
+        if path.endswith(".json") and head[:1] in (b"[", b"{"):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    data = json.load(f)
+            except ValueError:  # not one JSON value: JSON lines, each read on its own
+                return list(read_jsonl(path))
+            return [(f"{path}:entry {i}", e) for i, e in
+                    enumerate([data] if isinstance(data, dict) else data)]
+        return list(read_jsonl(path))
     return [(None, e) for e in ([data] if isinstance(data, dict) else data)]
+
+
+def _model_eos(model, eos_token_id):
+    """(identity, eos ids) of an importer's `model`: a replay Model (its identity, and its
+    eos_token_ids unless eos_token_id is given) or the identity string itself."""
+    if isinstance(model, str):
+        return model, eos_token_id
+    return model.identity, (list(model.eos_token_ids) if eos_token_id is None else eos_token_id)
+
+
+FINISHED = ("stop", "length")  # finish reasons of a complete output
 
 
 def _neutral(sp: dict, name: str, rid: str):
@@ -214,6 +237,11 @@ def _neutral(sp: dict, name: str, rid: str):
 
 
 def _record(rid, prompt, output, sp, max_tokens, stops, ignore_eos, eos, model, meta):
+    # eos: the model's end-of-sequence id(s), which the engine stops on unless ignore_eos
+    finish = meta.get("finish_reason")
+    if finish not in FINISHED:  # an aborted or cut-off response: its length says nothing
+        raise RecordError(rid, "finish_reason", f"{finish!r}: the log holds no complete "
+                          f"output (expected one of {FINISHED})")
     seed = sp.get("seed")
     if seed is None:
         raise RecordError(rid, "params.seed", "missing: an unseeded request cannot be replayed")
@@ -221,8 +249,9 @@ def _record(rid, prompt, output, sp, max_tokens, stops, ignore_eos, eos, model, 
     top_k = 0 if top_k is None or (isinstance(top_k, int) and top_k < 0) else top_k
     t, tp = sp.get("temperature", 1.0), sp.get("top_p", 1.0)
     stops = list(stops or [])
-    if eos is not None and not ignore_eos and eos not in stops:
-        stops.append(eos)
+    for e in ([] if eos is None or ignore_eos else [eos] if isinstance(eos, int) else eos):
+        if e not in stops:
+            stops.append(e)
     if max_tokens is None:  # up to the context: the record is bounded by what was served
         max_tokens = len(output)
     rec = Record(rid, list(prompt or []), list(output or []),
@@ -248,7 +277,7 @@ def _import(entries, parse) -> Batch:
     return Batch(records, errors)
 
 
-def from_vllm(data, model: str, eos_token_id: int | None = None) -> Batch:
+def from_vllm(data, model, eos_token_id: int | list[int] | None = None) -> Batch:
     """Records from vLLM logs: a path (.json / .jsonl), a dict or a list of dicts, each either
     - an offline RequestOutput: {"request_id", "prompt_token_ids", "outputs": [{"token_ids",
       "finish_reason"}], "sampling_params": {temperature, top_p, top_k, seed, max_tokens,
@@ -256,7 +285,12 @@ def from_vllm(data, model: str, eos_token_id: int | None = None) -> Batch:
     - a server log pair {"request": <completions body>, "response": <completions response>},
       the prompt as token ids ("prompt" or "prompt_token_ids"), the output as
       response.choices[0].token_ids (vLLM's return_token_ids).
-    eos_token_id: added to the stop tokens unless ignore_eos (vLLM stops on it implicitly)."""
+    model: the replay Model the records are verified with (its identity goes into the records
+    and its eos_token_ids are the default eos_token_id), or an identity string.
+    eos_token_id: added to the stop tokens unless ignore_eos (vLLM stops on it implicitly).
+    An entry whose finish_reason is not "stop" or "length" (aborted) is a RecordError."""
+    model, eos_token_id = _model_eos(model, eos_token_id)
+
     def parse(e, name):
         if "request" in e and "response" in e:
             req, resp = e["request"], e["response"]
@@ -288,14 +322,39 @@ def from_vllm(data, model: str, eos_token_id: int | None = None) -> Batch:
     return _import(_load(data), parse)
 
 
-def from_sglang(data, model: str, eos_token_id: int | None = None) -> Batch:
+def from_openai(data, model, eos_token_id: int | list[int] | None = None) -> Batch:
+    """Records from an OpenAI-compatible server's completions log: a path, a dict or a list of
+    dicts, each a {"request": <completions body>, "response": <completions response>} pair with
+    the prompt and the output as token ids (vLLM's return_token_ids), as a logging proxy in front
+    of `vllm serve` writes them; scored as vLLM's sampler (meta.engine "openai"). A chat
+    completion has no prompt token ids to replay: it is a RecordError. Another kind of entry is
+    a RecordError naming it. model and eos_token_id: as for from_vllm."""
+    entries = []
+    for n, (where, e) in enumerate(_load(data)):
+        if not isinstance(e, RecordError) and not (
+                isinstance(e, dict) and isinstance(e.get("request"), dict)
+                and isinstance(e.get("response"), dict)):
+            at = where or f"entry {n}"
+            e = RecordError(at, None, "not a completions log entry (expected an object with "
+                                      "'request' and 'response')", where)
+        entries.append(e)
+    batch = from_vllm(entries, model, eos_token_id)
+    for r in batch.records:
+        r.meta["engine"] = "openai"
+    return batch
+
+
+def from_sglang(data, model, eos_token_id: int | list[int] | None = None) -> Batch:
     """Records from SGLang /generate logs: a path, a dict or a list of dicts, each
     {"request": {"input_ids", "sampling_params": {temperature, top_p, top_k, max_new_tokens,
     stop_token_ids, sampling_seed (or seed), ignore_eos, ...}, "rid"?},
      "response": {"output_ids", "meta_info": {"id", "finish_reason": {"type", ...}}}}
     or the same keys flattened into one object. SGLang's own sampler is not replayed here
     (meta.sampler = "sglang"): score these records with rank / probability policies, or with
-    score_stock if the deployment ran the vLLM-style exponential race."""
+    score_stock if the deployment ran the vLLM-style exponential race. model and eos_token_id:
+    as for from_vllm."""
+    model, eos_token_id = _model_eos(model, eos_token_id)
+
     def parse(e, name):
         req = e.get("request", e)
         resp = e.get("response", e)

@@ -374,8 +374,9 @@ def verify_fleet(shards, model, out: str, address: str = "local", workers: int |
     stop_after: stop after this many packs (FleetIncomplete): a crash, for tests
     policy, options, settings: the verifier's settings, as for replay.verify (Options)
     """
-    import ray
+    from replay.extras import need
 
+    ray = need("ray", "ray", "fleet verification (--ray)")
     opts = Options.of(options, policy, **settings)
     shards = list(dict.fromkeys(list_shards(shards)))  # a shard named twice is read once
     for d in ("parts", "shards", "workers"):

@@ -110,6 +110,9 @@ def replay_attention(module, query, key, value, attention_mask, scaling=None, dr
 
 def register():
     """Register "replay" with transformers' attention and mask interfaces (idempotent)."""
+    from replay.extras import need
+
+    need("transformers", "hf", "replay.hf")
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 

@@ -267,6 +267,8 @@ class Model:
         self.w = weights
         self.cos, self.sin = rope_tables(cfg, cfg.max_context)
         self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.path: str | None = None  # the folder it was loaded from (its tokenizer.json: text)
+        self.eos_token_ids: list[int] = []  # where generation stops (eos_token_ids)
         self._pack()
 
     def _pack(self):
@@ -313,6 +315,8 @@ class Model:
         weights = load_hf_weights(path, cfg)
         m = cls(cfg, weights, weights_identity(path, cfg))
         m.name = name or os.path.basename(os.path.normpath(path))
+        m.path = os.fspath(path)
+        m.eos_token_ids = eos_token_ids(path)
         return m
 
     @staticmethod
@@ -434,3 +438,19 @@ class Model:
                 seen.add(t.data_ptr())
                 n += t.numel()
         return n
+
+
+def eos_token_ids(path: str) -> list[int]:
+    """The model's end-of-sequence ids: eos_token_id (an int or a list) of generation_config.json
+    and of config.json, in that order, without repeats; [] if neither has one."""
+    out: list[int] = []
+    for name in ("generation_config.json", "config.json"):
+        f = os.path.join(path, name)
+        if not os.path.exists(f):
+            continue
+        with open(f) as fh:
+            eos = json.load(fh).get("eos_token_id")
+        for t in eos if isinstance(eos, list) else [eos]:
+            if isinstance(t, int) and not isinstance(t, bool) and t >= 0 and t not in out:
+                out.append(t)
+    return out

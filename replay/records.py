@@ -20,6 +20,7 @@ import json
 import math
 import numbers
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -42,6 +43,12 @@ PARAM_FIELDS = ("temperature", "top_k", "top_p", "seed")
 # The trusted logger's copy of the client's request (docs/records.md): every field it owns but the
 # request_id (the record's key) and the output (the server's).
 REQUEST_FIELDS = ("prompt", "params", "max_tokens", "stop_token_ids")
+# The form replay.ops.stack writes: "replay <version> / <backend> / <device kind> / <dtype>". The
+# engine writes the stack, so a server could make it a free-text channel: anything else is refused.
+_VERSION = r"[0-9][0-9A-Za-z.+_-]{0,31}"
+STACK_FORM = re.compile(rf"replay {_VERSION} / (cpu|triton-interpreter|torch {_VERSION}|"
+                        rf"cuda-triton {_VERSION}) / (cpu|cuda sm_[0-9]{{2,3}}|[a-z]{{1,16}}) / "
+                        r"(float32|bfloat16|float16|float64)")
 
 
 class RecordError(ValueError):
@@ -296,6 +303,9 @@ class Record:
             bad("model", f"must be a non-empty string, got {self.model!r}")
         if not isinstance(self.stack, str):
             bad("stack", f"must be a string (replay.ops.stack), got {_type(self.stack)}")
+        if self.stack and not STACK_FORM.fullmatch(self.stack):
+            bad("stack", "is not 'replay <version> / <backend> / <device> / <dtype>' "
+                "(replay.ops.stack)")
         if not isinstance(self.meta, dict):
             bad("meta", f"must be an object, got {_type(self.meta)}")
         try:
@@ -634,6 +644,6 @@ def _pyarrow():
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
-    except ImportError as e:  # optional: pip install 'replay[tables]'
-        raise ImportError("Parquet records need pyarrow: pip install 'replay[tables]'") from e
+    except ImportError as e:  # a core dependency; records import nothing of replay (extras.DIST)
+        raise ImportError("Parquet records need pyarrow: pip install replay-verify") from e
     return pq, pa

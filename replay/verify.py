@@ -22,6 +22,7 @@ import json
 import sys
 import time
 import types
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, NamedTuple, Protocol, Sequence
 
@@ -47,12 +48,16 @@ class Options:
                   equal records.derive_seed(seed_key, request_id), else the record fails; and
                   every record must carry the logger's copy of its request (Record.request),
                   else it is refused by name
+    tokenizer:    tokenizer.json (or a folder holding one) for the report's decoded text
+                  (replay.text); None: the model folder's, if it has one; "": ids only. Text is
+                  for reading: verdicts never depend on it
     """
     policy: Policy = field(default_factory=Policy.exact)
     token_budget: int = 4096
     lm_chunk: int = 512
     check_model: bool = True
     seed_key: bytes | None = None
+    tokenizer: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.policy, Policy):
@@ -274,9 +279,13 @@ def verify(batch, model, policy: Policy | None = None, *, options: Options | Non
     for e in errors:
         report.add_error(e)
     # A policy that accepts one token per position needs the engine's exact rows, which only the
-    # same kernel stack recomputes; tolerant policies score records from any stack.
-    elsewhere = [r for r in good if pol.single and here and r.stack and r.stack != here]
-    good = [r for r in good if r not in elsewhere]
+    # same kernel stack recomputes; tolerant policies score records from any stack. A record's
+    # stack is the server's claim (docs/records.md): a mismatch fails, so no claim can pass a
+    # record that exact replay would fail.
+    report.stacks = dict(Counter(r.stack for r in good))
+    mismatch = [bool(pol.single and here and r.stack and r.stack != here) for r in good]
+    elsewhere = [r for r, m in zip(good, mismatch) if m]
+    good = [r for r, m in zip(good, mismatch) if not m]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -299,11 +308,21 @@ def verify(batch, model, policy: Policy | None = None, *, options: Options | Non
     report.logits = {r.request_id: (torch.stack(kept[r.request_id]) if r.output
                                     else torch.empty(0, cfg.vocab_size))
                      for r in good} if keep_logits else {}
-    report.finish(good, time.perf_counter() - t0, claim_failures(good, opts.seed_key),
-                  max_context=cfg.max_context)
+    claims = claim_failures(good + elsewhere, opts.seed_key)
+    report.finish(good, time.perf_counter() - t0, claims, max_context=cfg.max_context,
+                  text=text_of(opts, model))
     for r in elsewhere:
-        report.add_stack_mismatch(r)
+        report.add_stack_mismatch(r, claims.get(r.request_id, ()), cfg.max_context)
     return report
+
+
+def text_of(options: Options, model):
+    """The replay.text.Text for the report (Options.tokenizer), or None for ids only."""
+    from replay.text import Text
+
+    if options.tokenizer == "":
+        return None
+    return Text.load(options.tokenizer) if options.tokenizer else Text.find(model)
 
 
 class _CallableModule(types.ModuleType):

@@ -219,8 +219,9 @@ class Watcher:
             a = {"id": aid, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "shard": shard, "folder": self.folder, "sha256": sha256, "kind": kind,
                  "message": message,
-                 "records": [{k: getattr(r, k) for k in ("request_id", "verdict", "reason",
-                                                         "field")} for r in rows]}
+                 "records": [{k: getattr(r, k) for k in (
+                     "request_id", "verdict", "reason", "field", "first_failure", "text_before",
+                     "text_claimed", "text_choice")} for r in rows]}
             line = json.dumps(a, default=str)
             tmp = pend + ".tmp"
             with open(tmp, "w") as f:
@@ -300,6 +301,21 @@ class Watcher:
 
     # -- the loop -------------------------------------------------------------------------------
 
+    def announce(self, once: bool, interval: float):
+        """Say on stderr what is watched, with what, and where results and alarms go."""
+        from replay.records import SUFFIXES
+
+        o = self.options
+        how = "once, now" if once else f"every {interval:g} s, a shard once unchanged for " \
+                                       f"{self.settle:g} s"
+        print(f"replay watch: watching {os.path.abspath(self.folder)} for "
+              f"{' / '.join('*' + s for s in SUFFIXES)} shards ({how}); model "
+              f"{self.model.identity}, policy {o.policy.kind}, seed check "
+              f"{'on' if o.seed_key else 'OFF (no --seed-key)'}; results and ALARM in "
+              f"{os.path.abspath(self.out)}"
+              + (f"; alarm command: {self.alarm_cmd}" if self.alarm_cmd else ""),
+              file=sys.stderr)
+
     def run(self, once: bool = False, interval: float = 2.0, exit_on_alarm: bool = False,
             max_scans: int | None = None, once_wait: float = 60.0) -> int:
         """Scan and verify until interrupted, or with once until every shard present is verified
@@ -307,6 +323,8 @@ class Watcher:
         raised an alarm, else 2 if (once) some shard never became stable, else 0."""
         start, scans, unstable = self.alarms, 0, []
         deadline = time.monotonic() + once_wait
+        if not self.quiet:
+            self.announce(once, interval)
         try:
             while True:
                 self.deliver()

@@ -181,3 +181,34 @@ def test_imported_records_score(small_model):
                                 "max_tokens": r.max_tokens}} for r in recs]
     b = from_vllm(log, model=small_model.identity)
     assert not b.errors and score_stock(b, small_model).ok
+
+
+def test_vllm_log_read_line_by_line(tmp_path):
+    """A log read like Batch.read: a bad line, an aborted response and an unseeded one each cost
+    only themselves (one named error), whatever the file's suffix; a .json array is one log."""
+    lines = [json.dumps(VLLM_OFFLINE[0]), "{not json", json.dumps(
+        {**VLLM_OFFLINE[0], "request_id": "ab", "outputs": [
+            {"token_ids": [306], "finish_reason": "abort"}]}), json.dumps(VLLM_OFFLINE[2])]
+    for name in ("vllm.jsonl", "vllm.json", "vllm.log"):
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+        b = from_vllm(tmp_path / name, model="m", eos_token_id=2)
+        assert [r.request_id for r in b.records] == ["0"], name
+        assert [(e.record, e.field) for e in b.errors] == [
+            (f"{tmp_path / name}:2", None), ("ab", "finish_reason"), ("2", "params.seed")]
+    e = from_vllm(tmp_path / "missing.jsonl", model="m").errors
+    assert len(e) == 1 and "cannot read" in e[0].message
+
+
+def test_importers_take_the_model_and_its_eos_ids(small_model):
+    """With the Model itself, no identity string is needed and an honest output that ended on
+    any of the model's EOS ids terminates by 'stop' (vLLM stops there by itself)."""
+    small_model.eos_token_ids = [5, 2]
+    try:
+        b = from_vllm(VLLM_OFFLINE[0], model=small_model)
+        r = b.records[0]
+        assert r.model == small_model.identity and r.stop_token_ids == [5, 2]
+        assert r.termination() == "stop"
+        g = from_sglang(SGLANG[1], model=small_model).records[0]  # ignore_eos: no stop ids
+        assert g.stop_token_ids == [] and g.termination() == "length"
+    finally:
+        small_model.eos_token_ids = []

@@ -24,7 +24,7 @@ def generated(tmp_path_factory):
     prompts.write_text("def main(\nimport os\\nimport sys\nclass Point:\n")
     out = d / "records.jsonl"
     r = replay_cli("generate", "--prompts", prompts, "--out", out, "--max-tokens", 12,
-                   "--temperature", 0.9, "--seed-key", "k3y", "--quiet")
+                   "--temperature", 0.9, "--seed-key", "k3y", "--id-prefix", "req", "--quiet")
     assert r.returncode == 0, r.stderr
     assert "wrote 3 records" in r.stdout
     return d, out
