@@ -4,6 +4,7 @@ side by side in one process, at one and two threads.
     python bench/cpu.py matmul      # ops.linear (packed weights) vs torch F.linear (MKL)
     python bench/cpu.py e2e         # verifier vs transformers' forward, engine vs generate
     python bench/cpu.py context     # verifier time per output token vs total length, vs SDPA
+    python bench/cpu.py all         # the three in one run (matmul at the 0.5B shapes only)
 
 Each table gives the device, date, commit, command, load average, the clock and the peaks:
 theoretical = clock x 32 flop/cycle (two 8-lane AVX2 FMA pipes), practical = torch.mm at
@@ -12,6 +13,7 @@ theoretical = clock x 32 flop/cycle (two 8-lane AVX2 FMA pipes), practical = tor
 import argparse
 import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -47,14 +49,25 @@ def header_notes(ghz, theo, prac, extra=""):
             f"`{C().isa_name()}` code path. " + extra)
 
 
+_PEAKS = None
+
+
+def machine() -> tuple[float, float, float]:
+    """(clock GHz, theoretical, practical peak), measured once per run."""
+    global _PEAKS
+    if _PEAKS is None:
+        ghz = clock_ghz()
+        _PEAKS = (ghz, *peaks(ghz))
+    return _PEAKS
+
+
 def matmul(args):
-    ghz = clock_ghz()
-    theo, prac = peaks(ghz)
+    ghz, theo, prac = machine()
     load0 = load()
     rows = []
     for threads in (1, 2):
         set_threads(threads)
-        for name, K, N in MATMUL:
+        for name, K, N in [m for m in MATMUL if m[0] in args.matmul_shapes]:
             for M in MS:
                 if N > 100_000 and M > 256:
                     continue  # the LM head runs on output rows in chunks of at most 512
@@ -105,6 +118,8 @@ SHAPES = {  # name: transformers config fields; the engine's generate comparison
 
 def hf_and_replay(shape: str, layers: int | None = None, context: int = 1024):
     """A random transformers model of the shape, saved and loaded back by replay (same weights)."""
+    import atexit
+    import shutil
     import tempfile
 
     import transformers
@@ -120,6 +135,7 @@ def hf_and_replay(shape: str, layers: int | None = None, context: int = 1024):
     torch.manual_seed(0)
     hf = cls[1](cls[0](max_position_embeddings=context, **kw)).eval()
     d = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, d, True)  # a 0.5B checkpoint is 2 GB of /tmp
     hf.save_pretrained(d)
     return hf, Model.from_pretrained(d), d
 
@@ -146,10 +162,9 @@ def replay_records(model, n: int, P: int, new: int, vocab: int):
 def e2e(args):
     from replay.verify import verify
 
-    ghz = clock_ghz()
-    theo, prac = peaks(ghz)
+    ghz, theo, prac = machine()
     load0 = load()
-    rows = []
+    rows, notes = [], []
     for shape in args.shapes:
         hf, model, _ = hf_and_replay(shape)
         V = model.cfg.vocab_size
@@ -176,7 +191,12 @@ def e2e(args):
                          f"{100 * flop / b[1] / 1e9 / (prac * threads):.0f}%",
                          f"verify / bare forward {r[1] / fw[1]:.2f}"])
             print(*rows[-1], flush=True)
+        notes.append(f"Where the time goes in one {shape} verify (one thread, CPU time of "
+                     f"replay.ops' kernels): {where_time_goes(model, recs)}.")
+        print(notes[-1], flush=True)
         del hf, model
+    if args.batches:
+        generate(args, rows)
     write_table("cpu-e2e.md", "End to end on CPU: replay's verifier vs transformers",
                 ["model", "comparison", "threads", "replay tokens/s (CPU)", "baseline tokens/s (CPU)",
                  "ratio (CPU, medians)", "ratio range", "ratio (wall)", "MFU replay / baseline",
@@ -190,8 +210,88 @@ def e2e(args):
                                    "log-probabilities. replay: `replay.verify` (validation, packing, "
                                    "forward, LM head, the sampler re-run and every score). MFU: "
                                    "matmul flops (2 x params x tokens, the LM head on output rows "
-                                   "only) / time / practical peak x threads."),
+                                   "only) / time / practical peak x threads. Engine rows: replay's "
+                                   "Engine (seeded Gumbel-max sampler) against transformers' "
+                                   "`generate` (do_sample) on the same prompts, output tokens per "
+                                   "second.\n\n" + "\n\n".join(notes)),
                 command=COMMAND)
+
+
+def generate(args, rows=None):
+    """replay's engine against transformers' `generate` on the small shape, at batch 8 and 32
+    (prompt 64, 128 new tokens, T = 0.8, top-k 50), one and two threads."""
+    from replay.engine import Engine, Request
+    from replay.records import SamplingParams
+
+    hf, model, _ = hf_and_replay("small")
+    P, new = 64, 128
+    rows = [] if rows is None else rows
+    for B in args.batches:
+        g = torch.Generator().manual_seed(2)
+        prompts = torch.randint(1, model.cfg.vocab_size, (B, P), generator=g)
+
+        def ours():
+            reqs = [Request(f"g{i}", p.tolist(), SamplingParams(temperature=0.8, top_k=50,
+                                                                  seed=500 + i),
+                            max_tokens=new, stop_token_ids=[]) for i, p in enumerate(prompts)]
+            out = Engine(model, max_batch=B, max_seq_len=P + new).run(reqs)
+            assert sum(len(r.output) for r in out) == B * new
+
+        def theirs():
+            with torch.no_grad():
+                out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
+                                  temperature=0.8, top_k=50, top_p=1.0, max_new_tokens=new,
+                                  min_new_tokens=new, pad_token_id=0, eos_token_id=None)
+            assert out.shape == (B, P + new)
+
+        for threads in (1, 2):
+            set_threads(threads)
+            t = interleaved({"replay": ours, "hf": theirs}, reps=args.reps)
+            r, b = mmm(t["replay"]["cpu"]), mmm(t["hf"]["cpu"])
+            rw, bw = mmm(t["replay"]["wall"]), mmm(t["hf"]["wall"])
+            rows.append(["small", f"engine vs generate, batch {B}", threads,
+                         f"{B * new / r[1]:,.0f}", f"{B * new / b[1]:,.0f}", f"**{b[1] / r[1]:.2f}**",
+                         f"{b[0] / r[2]:.2f} / {b[2] / r[0]:.2f}", f"{bw[1] / rw[1]:.2f}", "-",
+                         f"{B} x ({P} prompt + {new} new)"])
+            print(*rows[-1], flush=True)
+    return rows
+
+
+def where_time_goes(model, recs) -> str:
+    """One verify at one thread with replay.ops' kernels wrapped in CPU-time counters: the share
+    of each (the LM head apart from the layers' matmuls); the rest is Python, validation,
+    packing, copies, the sampler re-run and the scores."""
+    from replay import ops as o
+    from replay.verify import verify
+
+    set_threads(1)
+    V = model.cfg.vocab_size
+    spent: dict[str, float] = {}
+    names = ("linear", "attention", "rms_norm", "add_rms_norm", "silu_mul", "rope_")
+    saved = {n: getattr(o, n) for n in names}
+
+    def wrap(n, f):
+        def timed(*a, **k):
+            key = "lm head" if n == "linear" and a[1].shape[0] == V else n
+            c0 = time.process_time()
+            out = f(*a, **k)
+            spent[key] = spent.get(key, 0.0) + time.process_time() - c0
+            return out
+        return timed
+
+    try:
+        for n in names:
+            setattr(o, n, wrap(n, saved[n]))
+        c0 = time.process_time()
+        verify(recs, model=model)
+        total = time.process_time() - c0
+    finally:
+        for n, f in saved.items():
+            setattr(o, n, f)
+    parts = sorted(spent.items(), key=lambda kv: -kv[1])
+    rest = total - sum(spent.values())
+    return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in parts) + \
+        f", everything else {100 * rest / total:.0f}% (of {total:.1f} s CPU)"
 
 
 def context(args):
@@ -200,8 +300,7 @@ def context(args):
     from replay.records import Record, SamplingParams
     from replay.verify import verify
 
-    ghz = clock_ghz()
-    theo, prac = peaks(ghz)
+    ghz, theo, prac = machine()
     load0 = load()
     lengths = args.lengths
     hf, model, _ = hf_and_replay("0.5B", layers=args.layers, context=max(lengths))
@@ -219,11 +318,12 @@ def context(args):
                      stop_token_ids=[], model=model.identity)
         seqs = torch.tensor([toks[:-1]])
         targets = torch.tensor([toks[P:]])
+        reps = args.reps if L <= 4096 else 1  # one repeat at 8192 (minutes on one core)
         t = interleaved({"replay": lambda: verify([rec], model=model, token_budget=L),
-                         "sdpa": lambda: hf_logprobs(hf, seqs, targets, P)}, reps=args.reps)
+                         "sdpa": lambda: hf_logprobs(hf, seqs, targets, P)}, reps=reps)
         r, b = mmm(t["replay"]["cpu"]), mmm(t["sdpa"]["cpu"])
         rows.append([L, new, f"{1e3 * r[1] / new:.1f}", f"{1e3 * b[1] / new:.1f}",
-                     f"**{b[1] / r[1]:.2f}**", f"{b[0] / r[2]:.2f} / {b[2] / r[0]:.2f}"])
+                     f"**{b[1] / r[1]:.2f}**", f"{b[0] / r[2]:.2f} / {b[2] / r[0]:.2f}", reps])
         print(*rows[-1], flush=True)
     base = float(rows[0][2]), float(rows[0][3])
     for row in rows:  # growth against the shortest context, both sides
@@ -231,7 +331,7 @@ def context(args):
     write_table("cpu-context.md", "Verifier cost per output token against context length (CPU)",
                 ["total length", "output tokens", "replay ms / output token (CPU)",
                  "transformers SDPA ms / output token (CPU)", "growth from shortest (replay / SDPA)",
-                 "ratio (CPU, medians)", "ratio range"], rows,
+                 "ratio (CPU, medians)", "ratio range", "repeats"], rows,
                 notes=header_notes(ghz, theo, prac,
                                    f"Load average {load0} at the start, {load()} at the end. One "
                                    f"record per length: prompt of L - {new} tokens, {new} output "
@@ -245,18 +345,26 @@ def context(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("table", choices=["matmul", "e2e", "context"])
+    ap.add_argument("table", choices=["matmul", "e2e", "context", "all"],
+                    help="all: the matmul (the 0.5B shapes), e2e and context tables in one run")
     ap.add_argument("--seconds", type=float, default=1.0, help="rough time per side per row")
     ap.add_argument("--max-reps", type=int, default=15)
     ap.add_argument("--reps", type=int, default=3, help="repeats per side (e2e, context)")
     ap.add_argument("--shapes", nargs="+", default=["0.5B", "small"], choices=list(SHAPES))
     ap.add_argument("--lengths", nargs="+", type=int, default=[256, 1024, 4096, 8192])
     ap.add_argument("--layers", type=int, default=2, help="layers of the context model")
+    ap.add_argument("--batches", nargs="*", type=int, default=[8, 32],
+                    help="engine vs generate batch sizes (e2e; none to skip)")
+    ap.add_argument("--matmul-shapes", nargs="+", default=[m[0] for m in MATMUL],
+                    choices=[m[0] for m in MATMUL], metavar="SHAPE")
     args = ap.parse_args()
+    if args.table == "all" and "--matmul-shapes" not in sys.argv:
+        args.matmul_shapes = [m[0] for m in MATMUL[:3]]  # the issue's three 0.5B shapes
     global COMMAND
     env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY",) if k in os.environ)
     COMMAND = (env + " " if env else "") + "python bench/cpu.py " + " ".join(sys.argv[1:])
-    {"matmul": matmul, "e2e": e2e, "context": context}[args.table](args)
+    for table in ("matmul", "e2e", "context") if args.table == "all" else (args.table,):
+        {"matmul": matmul, "e2e": e2e, "context": context}[table](args)
 
 
 if __name__ == "__main__":
