@@ -4,7 +4,8 @@ side by side in one process, at one and two threads.
     python bench/cpu.py matmul      # ops.linear (packed weights) vs torch F.linear (MKL)
     python bench/cpu.py e2e         # verifier vs transformers' forward, engine vs generate
     python bench/cpu.py context     # verifier time per output token vs total length, vs SDPA
-    python bench/cpu.py all         # the three in one run (matmul at the 0.5B shapes only)
+    python bench/cpu.py memory      # resident weights and peak working set vs transformers
+    python bench/cpu.py all         # matmul (the 0.5B shapes), e2e and context in one run
 
 Each table gives the device, date, commit, command, load average, the clock and the peaks:
 theoretical = clock x 32 flop/cycle (two 8-lane AVX2 FMA pipes), practical = torch.mm at
@@ -178,18 +179,21 @@ def e2e(args):
             set_threads(threads)
             report = verify(recs, model=model)
             assert report.ok and report.counts()["exact_tokens"] == n * new
-            t = interleaved({"replay": lambda: verify(recs, model=model),
-                             "hf": lambda: hf_logprobs(hf, seqs, targets, P),
-                             "forward": lambda: model(list(map(list, seqs.tolist())))[0]},
-                            reps=args.reps)
-            r, b, fw = (mmm(t[k]["cpu"]) for k in ("replay", "hf", "forward"))
+            fns = {"replay": lambda: verify(recs, model=model),
+                   "hf": lambda: hf_logprobs(hf, seqs, targets, P),
+                   "forward": lambda: model(list(map(list, seqs.tolist())))[0]}
+            if threads > 1:
+                del fns["forward"]  # the bare forward's share is read at one thread
+            t = interleaved(fns, reps=args.reps)
+            r, b, fw = (mmm(t[k]["cpu"]) if k in t else (0, float("nan"), 0)
+                        for k in ("replay", "hf", "forward"))
             rw, bw = mmm(t["replay"]["wall"]), mmm(t["hf"]["wall"])
             rows.append([shape, "verify vs teacher-forced forward", threads, f"{n * new / r[1]:,.0f}",
                          f"{n * new / b[1]:,.0f}", f"**{b[1] / r[1]:.2f}**",
                          f"{b[0] / r[2]:.2f} / {b[2] / r[0]:.2f}", f"{bw[1] / rw[1]:.2f}",
                          f"{100 * flop / r[1] / 1e9 / (prac * threads):.0f}% / "
                          f"{100 * flop / b[1] / 1e9 / (prac * threads):.0f}%",
-                         f"verify / bare forward {r[1] / fw[1]:.2f}"])
+                         f"verify / bare forward {r[1] / fw[1]:.2f}" if "forward" in t else "-"])
             print(*rows[-1], flush=True)
         notes.append(f"Where the time goes in one {shape} verify (one thread, CPU time of "
                      f"replay.ops' kernels): {where_time_goes(model, recs)}.")
@@ -343,9 +347,99 @@ def context(args):
                 command=COMMAND)
 
 
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _memory_child(side: str, path: str):
+    """In a fresh process: load the checkpoint, then one teacher-forced pass over 8 x 160 tokens
+    (replay: verify; transformers: hf_logprobs). Prints JSON: RSS after the imports, after the
+    load, the peak (VmHWM), and the bytes the weights' tensors hold."""
+    import gc
+    import json
+
+    import transformers
+
+    from replay.model import Model
+    from replay.verify import verify
+
+    set_threads(1)
+    gc.collect()
+    base = _status_kb("VmRSS")
+    if side == "replay":
+        model = Model.from_pretrained(path)
+        held = {}
+        for t in model.w.values():
+            t = t.data if isinstance(t, ops.PackedLinear) else t
+            held[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        weights = sum(held.values())
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype="auto").eval()
+        weights = sum(p.nbytes for p in {p.data_ptr(): p for p in model.parameters()}.values())
+    gc.collect()
+    loaded = _status_kb("VmRSS")
+    g = torch.Generator().manual_seed(1)
+    seqs = torch.randint(1, 151936, (8, 160), generator=g)
+    if side == "replay":  # greedy records of random tokens: the verdicts aside, the same work
+        from replay.records import Record, SamplingParams
+
+        recs = [Record(request_id=f"m{i}", prompt=s[:128], output=s[128:],
+                       params=SamplingParams(temperature=0.0, seed=0), max_tokens=32,
+                       stop_token_ids=[], model=model.identity) for i, s in enumerate(seqs.tolist())]
+        verify(recs, model=model)
+    else:
+        hf_logprobs(model, seqs[:, :-1], seqs[:, 128:], 128)
+    print(json.dumps(dict(base=base, loaded=loaded, peak=_status_kb("VmHWM"), weights=weights)))
+
+
+def memory(args):
+    """Resident weights against the checkpoint's size, and the peak working set of a
+    teacher-forced pass, replay beside transformers, each side in a fresh process: the 0.5B
+    shape in float32 and in bfloat16."""
+    import json
+    import subprocess
+
+    hf, _, d = hf_and_replay("0.5B")
+    d16 = d + "-bf16"
+    hf.to(torch.bfloat16).save_pretrained(d16)
+    del hf
+    rows = []
+    for label, path in (("float32", d), ("bfloat16", d16)):
+        ckpt = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
+                   if f.endswith(".safetensors"))
+        for side in ("replay", "transformers"):
+            out = subprocess.run([sys.executable, __file__, "_memory", side, path], check=True,
+                                 capture_output=True, text=True).stdout
+            m = json.loads(out.strip().splitlines()[-1])
+            gib = 1 << 30
+            rows.append([label, side, f"{ckpt / gib:.2f}", f"{m['weights'] / gib:.2f}",
+                         f"**{m['weights'] / ckpt:.3f}**",
+                         f"{(m['loaded'] - m['base']) / (1 << 20):.2f}", f"{m['peak'] / (1 << 20):.2f}"])
+            print(*rows[-1], flush=True)
+    import shutil
+
+    shutil.rmtree(d16, True)
+    write_table("cpu-memory.md", "Memory on CPU: resident weights and peak working set (0.5B shape)",
+                ["checkpoint", "side", "checkpoint GiB", "weights' tensors GiB",
+                 "weights / checkpoint", "RSS growth at load GiB", "peak RSS GiB (VmHWM)"], rows,
+                notes=(f"Load average {load()}. Each side in a fresh process: import, load the "
+                       "checkpoint (random weights, the 0.5B shape: hidden 896, 24 layers, vocab "
+                       "151936, tied), then one teacher-forced pass over 8 x (128 + 32) random "
+                       "tokens (replay: `replay.verify` of greedy records; transformers: its "
+                       "forward with logits at the output positions), one thread. Weights' "
+                       "tensors: the bytes of every distinct storage the model's weights hold "
+                       "(replay: packed panels, bfloat16 kept bfloat16). RSS growth: VmRSS after the load minus after the imports "
+                       "(includes the allocator's retained pages). transformers loads with "
+                       "dtype='auto' (the checkpoint's dtype)."),
+                command=COMMAND)
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "_memory":  # memory()'s child process
+        return _memory_child(sys.argv[2], sys.argv[3])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("table", choices=["matmul", "e2e", "context", "all"],
+    ap.add_argument("table", choices=["matmul", "e2e", "context", "memory", "all"],
                     help="all: the matmul (the 0.5B shapes), e2e and context tables in one run")
     ap.add_argument("--seconds", type=float, default=1.0, help="rough time per side per row")
     ap.add_argument("--max-reps", type=int, default=15)
@@ -364,7 +458,7 @@ def main():
     env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY",) if k in os.environ)
     COMMAND = (env + " " if env else "") + "python bench/cpu.py " + " ".join(sys.argv[1:])
     for table in ("matmul", "e2e", "context") if args.table == "all" else (args.table,):
-        {"matmul": matmul, "e2e": e2e, "context": context}[table](args)
+        {"matmul": matmul, "e2e": e2e, "context": context, "memory": memory}[table](args)
 
 
 if __name__ == "__main__":
