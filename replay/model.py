@@ -272,12 +272,22 @@ class Model:
         self._pack()
 
     def _pack(self):
-        """On CPU, pack the matmul weights once for the kernels (the packed copy replaces the
-        plain one; a tied LM head is packed beside the embedding table)."""
+        """On CPU, pack the matmul weights once for the kernels. The packed copy replaces the
+        plain one, so each weight is resident once: a tied embedding table is dropped too, its
+        rows gathered from the packed LM head (embed)."""
         for k, t in self.w.items():
             if (isinstance(t, torch.Tensor) and t.device.type == "cpu"
                     and k.rsplit(".", 1)[-1] in _MATMUL):
                 self.w[k] = ops.pack_linear(t)
+        if self.cfg.tie_embeddings and isinstance(self.w.get("lm_head"), ops.PackedLinear):
+            self.w.pop("embed", None)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(T,) token ids -> (T, hidden) rows of the embedding table, in the compute dtype
+        (a bfloat16 table's rows are widened exactly)."""
+        t = self.w.get("embed")
+        rows = t[tokens] if t is not None else self.w["lm_head"].rows(tokens)
+        return rows.to(self.dtype)
 
     def to(self, device=None, dtype=None) -> "Model":
         """Move the weights (and cast them: bfloat16 / float16 on CUDA). The CPU kernels are
@@ -289,13 +299,14 @@ class Model:
         if device == self.device and dtype == self.dtype:
             return self
         self.device, self.dtype = device, dtype
-        moved = {}
+        moved, w = {}, {}
         for k, t in self.w.items():  # keep tied tensors tied
             if isinstance(t, ops.PackedLinear):
-                t = self.w["embed"] if k == "lm_head" and self.cfg.tie_embeddings else t.unpack()
-            key = t.data_ptr()
-            moved.setdefault(key, t.to(self.device, self.dtype).contiguous())
-            self.w[k] = moved[key]
+                t = t.unpack()
+            w[k] = moved.setdefault(t.data_ptr(), t.to(self.device, self.dtype).contiguous())
+        if self.cfg.tie_embeddings:
+            w["embed"] = w["lm_head"]
+        self.w = w
         self.cos, self.sin = self.cos.to(self.device), self.sin.to(self.device)
         self._pack()
         return self
@@ -387,7 +398,7 @@ class Model:
         plan = batch if isinstance(batch, ForwardPlan) else self.plan(batch, kv)
         T = plan.tokens.shape[0]
         Hq, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        x = w["embed"][plan.tokens]                                        # (T, hidden)
+        x = self.embed(plan.tokens)                                        # (T, hidden)
         residual = None
         for i in range(cfg.n_layers):
             p = f"layers.{i}."
@@ -430,7 +441,7 @@ class Model:
     def n_params(self) -> int:
         seen, n = set(), 0
         for k, t in self.w.items():
-            if k == "lm_head" and self.cfg.tie_embeddings:
+            if k == "lm_head" and self.cfg.tie_embeddings and "embed" in self.w:
                 continue  # the embedding table, counted once
             if isinstance(t, ops.PackedLinear):
                 n += t.N * t.K

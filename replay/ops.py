@@ -152,15 +152,27 @@ class PackedLinear:
     def dtype(self) -> torch.dtype:
         return self.data.dtype
 
-    def unpack(self) -> torch.Tensor:
-        """The (N, K) weight, in the packed dtype."""
+    def _panel_rows(self) -> torch.Tensor:
+        """(K,) the panel row that holds column k of the weight."""
         K = self.K
         k = torch.arange(K)
         q, K16 = K // 16, K // 16 * 16
         lane = k % 16
         rev = ((lane & 1) << 3) | ((lane & 2) << 1) | ((lane & 4) >> 1) | ((lane & 8) >> 3)
-        row = torch.where(k < K16, rev * q + k // 16, k)         # (K,) panel row of column k
-        return self.data[:, row, :].permute(0, 2, 1).reshape(-1, K)[: self.N]
+        return torch.where(k < K16, rev * q + k // 16, k)
+
+    def unpack(self) -> torch.Tensor:
+        """The (N, K) weight, in the packed dtype."""
+        row = self._panel_rows()
+        return self.data[:, row, :].permute(0, 2, 1).reshape(-1, self.K)[: self.N]
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows `idx` of the (N, K) weight, (len(idx), K) in the packed dtype: a gather from the
+        panels, so a tied embedding table needs no copy beside its packed LM head."""
+        idx = idx.to(torch.int64)
+        ok = idx.dim() == 1 and (not len(idx) or (int(idx.min()) >= 0 and int(idx.max()) < self.N))
+        _check(ok, f"PackedLinear.rows: indices must be 1-D in [0, {self.N})")
+        return self.data[(idx // 16)[:, None], self._panel_rows()[None, :], (idx % 16)[:, None]]
 
     def __repr__(self):
         return f"PackedLinear(N={self.N}, K={self.K}, dtype={self.dtype})"

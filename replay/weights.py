@@ -85,11 +85,21 @@ def _shards(path: str) -> list[str]:
     raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
 
 
+def _kept_bf16(ours: str) -> bool:
+    """A bfloat16 checkpoint's matmul weights and embedding table stay bfloat16 in memory: the
+    CPU kernels widen each value to float32 as they load it (exactly), so the results have the
+    bits of the upcast weights at half the memory. Norms and biases are upcast (they are small,
+    and their kernels take float32)."""
+    return ours.rsplit(".", 1)[-1] in ("wqkv", "wo", "wgu", "wdown", "lm_head", "embed")
+
+
 def load_hf_weights(path: str, cfg) -> dict[str, torch.Tensor]:
-    """Read every shard, check names and shapes against the config, and fuse."""
+    """Read every shard, check names and shapes against the config, and fuse (float32, or
+    bfloat16 where `_kept_bf16`)."""
     from safetensors import safe_open
 
-    expected = hf_names(cfg)
+    wmap = weight_map(cfg)
+    expected = {hf: shape for hf, (_, shape) in wmap.items()}
     hf = {}
     for shard in _shards(path):
         with safe_open(shard, framework="pt") as f:
@@ -105,7 +115,8 @@ def load_hf_weights(path: str, cfg) -> dict[str, torch.Tensor]:
                 if tuple(t.shape) != expected[name]:
                     raise ValueError(f"{shard}: {name} has shape {tuple(t.shape)}, the config "
                                      f"implies {expected[name]}")
-                hf[name] = t.float()
+                keep = t.dtype == torch.bfloat16 and _kept_bf16(wmap[name][0])
+                hf[name] = t if keep else t.float()
     missing = sorted(set(expected) - set(hf))
     if missing:
         raise ValueError(f"{path}: {len(missing)} tensors missing from the checkpoint, e.g. "

@@ -213,3 +213,53 @@ def test_identity_digests_are_cached_and_invalidated(tmp_path, monkeypatch):
     f.write_bytes(bytes(data))
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert Model.from_pretrained(str(tmp_path / "m")).identity != first and len(calls) == 2
+
+
+def resident_bytes(model) -> int:
+    """Bytes of every distinct storage the model's weights hold."""
+    seen = {}
+    for t in model.w.values():
+        t = t.data if isinstance(t, ops.PackedLinear) else t
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def checkpoint_bytes(path, tied: bool) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        return sum(f.get_tensor(k).nbytes for k in f.keys()
+                   if not (tied and k == "lm_head.weight"))
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama3"])  # tied and untied head
+def test_weights_are_resident_once(tmp_path, family):
+    """Each weight is held once: packed matmul weights replace the plain ones, and a tied
+    embedding table is read from the packed LM head, not kept beside it."""
+    hf = hf_checkpoint(family, tmp_path)
+    model = Model.from_pretrained(str(tmp_path))
+    tied = model.cfg.tie_embeddings
+    assert ("embed" in model.w) != tied
+    size = checkpoint_bytes(tmp_path, tied)
+    assert size <= resident_bytes(model) <= 1.05 * size  # the panels pad N to 16 columns
+    tokens = torch.tensor([210, 0, 5, 5, 77])
+    assert torch.equal(model.embed(tokens), hf.model.embed_tokens.weight.detach()[tokens])
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama3"])
+def test_bf16_checkpoint_stays_bf16_with_the_bits_of_its_upcast(tmp_path, family):
+    """A bfloat16 checkpoint keeps its matmul weights and embedding table in bfloat16 (half the
+    memory), and gives bitwise the logits of the same checkpoint upcast to float32."""
+    hf = hf_checkpoint(family, tmp_path / "f32")
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    hf.float().save_pretrained(tmp_path / "up")
+    m16, m32 = (Model.from_pretrained(str(tmp_path / d)) for d in ("bf16", "up"))
+    for k in ("layers.0.wqkv", "layers.1.wdown", "lm_head") + (() if m16.cfg.tie_embeddings
+                                                              else ("embed",)):
+        assert m16.w[k].dtype == torch.bfloat16, k
+    assert m16.w["layers.0.ln1"].dtype == torch.float32
+    assert resident_bytes(m16) < 0.55 * resident_bytes(m32)
+    g = torch.Generator().manual_seed(3)
+    seqs = [torch.randint(0, 211, (n,), generator=g).tolist() for n in (1, 23, 70)]
+    for a, b in zip(m16(seqs), m32(seqs)):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
