@@ -36,7 +36,8 @@ import os
 import torch
 
 from replay.policy import Policy
-from replay.records import Batch, Record, RecordError, SamplingParams, read_jsonl
+from replay.records import (Batch, LoggedRequest, Record, RecordError, SamplingParams,
+                            read_jsonl)
 
 SAMPLING_EPS = 1e-5  # vLLM treats T below this as greedy
 
@@ -254,9 +255,13 @@ def _record(rid, prompt, output, sp, max_tokens, stops, ignore_eos, eos, model, 
             stops.append(e)
     if max_tokens is None:  # up to the context: the record is bounded by what was served
         max_tokens = len(output)
-    rec = Record(rid, list(prompt or []), list(output or []),
-                 SamplingParams(1.0 if t is None else t, top_k, 1.0 if tp is None else tp,
-                                seed), max_tokens, stops, model, meta)
+    params = SamplingParams(1.0 if t is None else t, top_k, 1.0 if tp is None else tp, seed)
+    # The log's request half (what the client asked for) is the logger's copy of the request
+    # (Record.request): a request log kept in front of the engine is one. A log the server
+    # writes itself is not: put `replay logger` in front of it (docs/records.md).
+    request = LoggedRequest(list(prompt or []), params, max_tokens, list(stops))
+    rec = Record(rid, list(prompt or []), list(output or []), params, max_tokens, stops, model,
+                 meta, request=request)
     rec.validate()
     return rec.normalized()
 

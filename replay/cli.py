@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=cmd_generate)
 
     v = sub.add_parser("verify", help="verify records token by token (exit 1 on any failure)",
-                       epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EXIT_STATUS)
     v.add_argument("records", nargs="+",
                    help="records: .jsonl, .parquet, or a folder of shards (several with --ray)")
     v.add_argument("--model", help="model directory (default: the shipped small model)")
