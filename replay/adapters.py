@@ -36,8 +36,8 @@ import os
 import torch
 
 from replay.policy import Policy
-from replay.records import (Batch, LoggedRequest, Record, RecordError, SamplingParams,
-                            read_jsonl)
+from replay.records import (INT64_LIMIT, Batch, LoggedRequest, Record, RecordError,
+                            SamplingParams, read_jsonl)
 
 SAMPLING_EPS = 1e-5  # vLLM treats T below this as greedy
 
@@ -237,8 +237,13 @@ def _neutral(sp: dict, name: str, rid: str):
                                               f"sampler; the record cannot be replayed")
 
 
-def _record(rid, prompt, output, sp, max_tokens, stops, ignore_eos, eos, model, meta):
-    # eos: the model's end-of-sequence id(s), which the engine stops on unless ignore_eos
+def _record(rid, prompt, output, sp, max_tokens, stops, ignore_eos, eos, model, meta,
+            asked=None):
+    # eos: the model's end-of-sequence id(s), which the engine stops on unless ignore_eos.
+    # asked: the prompt's token ids as the entry's request half holds them (what the client
+    # sent), when the entry has one: with sp, max_tokens and stops (also from that half) it is
+    # the record's `request`, the logger's copy. None: the engine wrote the whole entry, so there
+    # is no logger's copy (with a seed key such a record is refused: docs/records.md).
     finish = meta.get("finish_reason")
     if finish not in FINISHED:  # an aborted or cut-off response: its length says nothing
         raise RecordError(rid, "finish_reason", f"{finish!r}: the log holds no complete "
@@ -253,13 +258,11 @@ def _record(rid, prompt, output, sp, max_tokens, stops, ignore_eos, eos, model, 
     for e in ([] if eos is None or ignore_eos else [eos] if isinstance(eos, int) else eos):
         if e not in stops:
             stops.append(e)
-    if max_tokens is None:  # up to the context: the record is bounded by what was served
-        max_tokens = len(output)
+    if max_tokens is None:  # no client limit: the output must stop, or fill the context
+        max_tokens = INT64_LIMIT - 1
     params = SamplingParams(1.0 if t is None else t, top_k, 1.0 if tp is None else tp, seed)
-    # The log's request half (what the client asked for) is the logger's copy of the request
-    # (Record.request): a request log kept in front of the engine is one. A log the server
-    # writes itself is not: put `replay logger` in front of it (docs/records.md).
-    request = LoggedRequest(list(prompt or []), params, max_tokens, list(stops))
+    request = None if asked is None else LoggedRequest(list(asked), params, max_tokens,
+                                                       list(stops))
     rec = Record(rid, list(prompt or []), list(output or []), params, max_tokens, stops, model,
                  meta, request=request)
     rec.validate()
@@ -304,10 +307,12 @@ def from_vllm(data, model, eos_token_id: int | list[int] | None = None) -> Batch
             if len(ch) != 1:
                 raise RecordError(rid, "params.n", f"{len(ch)} choices; one per request is "
                                                    "supported")
-            prompt = resp.get("prompt_token_ids") or ch[0].get("prompt_token_ids") \
-                or req.get("prompt_token_ids") or req.get("prompt")
+            asked = req.get("prompt_token_ids") or req.get("prompt")  # the client's
+            prompt = resp.get("prompt_token_ids") or ch[0].get("prompt_token_ids") or asked
             if not (isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)):
                 raise RecordError(rid, "prompt", "the prompt must be logged as token ids")
+            if not (isinstance(asked, list) and all(isinstance(t, int) for t in asked)):
+                asked = None  # a text prompt: no token ids of the client's to hold the echo to
             output, finish, sp = ch[0].get("token_ids"), ch[0].get("finish_reason"), req
         else:
             rid = str(e["request_id"])
@@ -317,13 +322,14 @@ def from_vllm(data, model, eos_token_id: int | list[int] | None = None) -> Batch
                                                    "supported")
             prompt, output, finish = e["prompt_token_ids"], outs[0]["token_ids"], \
                 outs[0].get("finish_reason")
-            sp = e.get("sampling_params", {})
+            sp, asked = e.get("sampling_params", {}), None  # all of it the engine's
         if output is None:
             raise RecordError(rid, "output", "no output token ids in the log")
         _neutral(sp, "vLLM-style", rid)
         return _record(rid, prompt, output, sp, sp.get("max_tokens", 16),
                        sp.get("stop_token_ids"), sp.get("ignore_eos", False), eos_token_id,
-                       model, {"engine": "vllm", "sampler": "vllm", "finish_reason": finish})
+                       model, {"engine": "vllm", "sampler": "vllm", "finish_reason": finish},
+                       asked)
     return _import(_load(data), parse)
 
 
@@ -374,5 +380,6 @@ def from_sglang(data, model, eos_token_id: int | list[int] | None = None) -> Bat
         return _record(rid, req.get("input_ids"), resp.get("output_ids"), sp,
                        sp.get("max_new_tokens", 128), sp.get("stop_token_ids"),
                        sp.get("ignore_eos", False), eos_token_id, model,
-                       {"engine": "sglang", "sampler": "sglang", "finish_reason": finish})
+                       {"engine": "sglang", "sampler": "sglang", "finish_reason": finish},
+                       req.get("input_ids") if "request" in e else None)
     return _import(_load(data), parse)

@@ -311,8 +311,8 @@ class Watcher:
         print(f"replay watch: watching {os.path.abspath(self.folder)} for "
               f"{' / '.join('*' + s for s in SUFFIXES)} shards ({how}); model "
               f"{self.model.identity}, policy {o.policy.kind}, seed check "
-              f"{'on' if o.seed_key else 'OFF (no --seed-key)'}; results and ALARM in "
-              f"{os.path.abspath(self.out)}"
+              f"{'on' if o.seed_key else 'OFF (no --seed-key-file or $REPLAY_SEED_KEY)'}; "
+              f"results and ALARM in {os.path.abspath(self.out)}"
               + (f"; alarm command: {self.alarm_cmd}" if self.alarm_cmd else ""),
               file=sys.stderr)
 

@@ -159,6 +159,27 @@ def test_from_vllm_server_pair_jsonl(tmp_path):
     assert [x.field for x in e] == ["prompt"]
 
 
+def test_the_logged_request_is_the_clients_half_only():
+    """A pair's request half is the logger's copy (Record.request): a prompt the server echoes
+    differently fails on `prompt`; an entry the engine wrote whole (offline) has no copy; a client
+    that set no max_tokens leaves the output no length to stop at but its stop tokens or the
+    context (not the length it happened to have)."""
+    from replay.verify import claim_failures
+
+    r = from_vllm(VLLM_SERVER, model="m", eos_token_id=2).records[0]
+    assert r.request is not None and r.request.prompt == [1, 910, 338]
+    assert not claim_failures([r], None)
+    echo = dict(VLLM_SERVER["response"], choices=[
+        dict(VLLM_SERVER["response"]["choices"][0], prompt_token_ids=[9, 9, 9, 9])])
+    r = from_vllm(dict(VLLM_SERVER, response=echo), model="m", eos_token_id=2).records[0]
+    assert r.prompt == [9, 9, 9, 9] and r.request.prompt == [1, 910, 338]
+    assert [f for f, _ in claim_failures([r], None)[r.request_id]] == ["prompt"]
+    assert all(r.request is None for r in from_vllm(VLLM_OFFLINE, model="m").records)
+    unbounded = dict(VLLM_SERVER, request=dict(VLLM_SERVER["request"], max_tokens=None))
+    r = from_vllm(unbounded, model="m", eos_token_id=2).records[0]
+    assert r.request.max_tokens == r.max_tokens > 2**62 and r.termination().startswith("bad")
+
+
 def test_from_sglang():
     b = from_sglang(SGLANG, model="tiny@sha256:x", eos_token_id=2)
     assert not b.errors

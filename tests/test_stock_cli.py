@@ -76,8 +76,13 @@ KEYED = ("--seed-key", KEY.decode())  # every seed checked against the logger's 
 
 
 def test_honest_vllm_log_passes_and_a_tampered_token_is_caught(served, tmp_path, tiny):
+    # an offline log is all the engine's (no client half to be the logger's copy of the
+    # request): with a logger key each record is refused by name, without one it is verified
     log = _write(tmp_path / "vllm.jsonl", [_offline(r) for r in served])
-    ok = _replay("verify", "--engine", "vllm", log, "--json", *KEYED)
+    keyed = _replay("verify", "--engine", "vllm", log, "--json", *KEYED)
+    assert keyed.returncode == 2, keyed.stderr
+    assert {x["field"] for x in json.loads(keyed.stdout)["records"]} == {"request"}
+    ok = _replay("verify", "--engine", "vllm", log, "--json")
     assert ok.returncode == 0, ok.stderr
     res = json.loads(ok.stdout)
     c = res["counts"]
@@ -92,8 +97,7 @@ def test_honest_vllm_log_passes_and_a_tampered_token_is_caught(served, tmp_path,
     t = len(out) // 2
     claimed = (out[t] + 1733) % tiny.cfg.vocab_size  # a token the sampler would not pick
     out[t] = claimed
-    bad = _replay("verify", "--engine", "vllm", _write(tmp_path / "forged.jsonl", forged),
-                  *KEYED)
+    bad = _replay("verify", "--engine", "vllm", _write(tmp_path / "forged.jsonl", forged))
     assert bad.returncode == 1, bad.stderr
     fail = [ln for ln in bad.stdout.splitlines() if "FAIL" in ln]
     assert len(fail) == 1 and served[i].request_id in fail[0] and f"token {t}" in fail[0]
