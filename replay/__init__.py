@@ -9,8 +9,11 @@
 Attributes load lazily, so that `import replay` is cheap and a verifier process never loads the
 engine (DESIGN §6: the verifier must not run the code it checks). `replay.verify` is always the
 module replay.verify, whatever was imported first; the module is callable, replay.verify.verify.
+Every submodule is an attribute too (`replay.bound`, `replay.invariant`, `replay.hf`, ...),
+imported on first use.
 """
 import importlib
+import importlib.util
 import os
 
 __version__ = "0.1.0"
@@ -38,4 +41,6 @@ def __getattr__(name):
     if name in _EXPORTS:
         mod = importlib.import_module(_EXPORTS[name])
         return mod if mod.__name__ == f"replay.{name}" else getattr(mod, name)
+    if not name.startswith("_") and importlib.util.find_spec(f"replay.{name}") is not None:
+        return importlib.import_module(f"replay.{name}")
     raise AttributeError(f"module 'replay' has no attribute {name!r}")

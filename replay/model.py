@@ -80,10 +80,22 @@ class ModelConfig:
     window: int = 0                # sliding window (Mistral), 0 = none
 
     def __post_init__(self):
+        from replay.hfconfig import MAX_CONTEXT, MAX_HEAD_DIM
+
         if self.arch not in SUPPORTED:
             raise ValueError(f"model_type {self.arch!r} is not supported; replay runs {SUPPORTED}")
+        for k in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads",
+                  "intermediate_size", "max_context"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{k}: must be a positive integer, got {v!r}")
+        if self.max_context > MAX_CONTEXT:  # rope_tables would allocate every position
+            raise ValueError(f"max_context {self.max_context} is above replay's limit "
+                             f"{MAX_CONTEXT}")
         if not self.head_dim:
             self.head_dim = self.hidden_size // self.n_heads
+        if not 1 <= self.head_dim <= MAX_HEAD_DIM:
+            raise ValueError(f"head_dim {self.head_dim} is outside [1, {MAX_HEAD_DIM}]")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"num_attention_heads {self.n_heads} is not a multiple of "
                              f"num_key_value_heads {self.n_kv_heads}")
@@ -100,25 +112,24 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, d: dict) -> "ModelConfig":
-        """From a Hugging Face config.json dict (transformers 4.x and 5.x spellings)."""
+        """From a Hugging Face config.json dict (transformers 4.x and 5.x spellings); a field
+        that replay does not implement is refused by name (replay.hfconfig.check)."""
+        from replay.hfconfig import check
+
         arch = d.get("model_type")
         if arch not in SUPPORTED:
             raise ValueError(f"config.json: model_type {arch!r} is not supported; replay runs "
                              f"{SUPPORTED}")
+        check(d)
         rope = dict(d.get("rope_parameters") or {})
         if d.get("rope_scaling"):
             rope.update(d["rope_scaling"])
         theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", "llama3"):
-            raise ValueError(f"config.json: rope type {rope_type!r} is not supported "
-                             "(default and llama3 are)")
+        rope_type = rope.get("rope_type", rope.get("type", "default"))  # checked: default, llama3
         n_heads = d["num_attention_heads"]
         window = 0
         if arch == "mistral" and d.get("sliding_window"):
             window = int(d["sliding_window"])
-        if arch in ("qwen2", "qwen3") and d.get("use_sliding_window") and d.get("sliding_window"):
-            raise ValueError("config.json: Qwen sliding-window layers are not supported")
         return cls(
             arch=arch,
             vocab_size=d["vocab_size"],
@@ -252,18 +263,31 @@ class Model:
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], identity: str = ""):
         self.cfg = cfg
         self.identity = identity or f"{cfg.arch}-random"
+        self.name = self.identity   # for people: the folder's name when loaded from one
         self.w = weights
         self.cos, self.sin = rope_tables(cfg, cfg.max_context)
         self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.path: str | None = None  # the folder it was loaded from (its tokenizer.json: text)
+        self.eos_token_ids: list[int] = []  # where generation stops (eos_token_ids)
         self._pack()
 
     def _pack(self):
-        """On CPU, pack the matmul weights once for the kernels (the packed copy replaces the
-        plain one; a tied LM head is packed beside the embedding table)."""
+        """On CPU, pack the matmul weights once for the kernels. The packed copy replaces the
+        plain one, so each weight is resident once: a tied embedding table is dropped too, its
+        rows gathered from the packed LM head (embed)."""
         for k, t in self.w.items():
             if (isinstance(t, torch.Tensor) and t.device.type == "cpu"
                     and k.rsplit(".", 1)[-1] in _MATMUL):
                 self.w[k] = ops.pack_linear(t)
+        if self.cfg.tie_embeddings and isinstance(self.w.get("lm_head"), ops.PackedLinear):
+            self.w.pop("embed", None)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(T,) token ids -> (T, hidden) rows of the embedding table, in the compute dtype
+        (a bfloat16 table's rows are widened exactly)."""
+        t = self.w.get("embed")
+        rows = t[tokens] if t is not None else self.w["lm_head"].rows(tokens)
+        return rows.to(self.dtype)
 
     def to(self, device=None, dtype=None) -> "Model":
         """Move the weights (and cast them: bfloat16 / float16 on CUDA). The CPU kernels are
@@ -275,13 +299,14 @@ class Model:
         if device == self.device and dtype == self.dtype:
             return self
         self.device, self.dtype = device, dtype
-        moved = {}
+        moved, w = {}, {}
         for k, t in self.w.items():  # keep tied tensors tied
             if isinstance(t, ops.PackedLinear):
-                t = self.w["embed"] if k == "lm_head" and self.cfg.tie_embeddings else t.unpack()
-            key = t.data_ptr()
-            moved.setdefault(key, t.to(self.device, self.dtype).contiguous())
-            self.w[k] = moved[key]
+                t = t.unpack()
+            w[k] = moved.setdefault(t.data_ptr(), t.to(self.device, self.dtype).contiguous())
+        if self.cfg.tie_embeddings:
+            w["embed"] = w["lm_head"]
+        self.w = w
         self.cos, self.sin = self.cos.to(self.device), self.sin.to(self.device)
         self._pack()
         return self
@@ -299,8 +324,22 @@ class Model:
         with open(cfg_path) as f:
             cfg = ModelConfig.from_hf(json.load(f))
         weights = load_hf_weights(path, cfg)
-        ident = f"{name or os.path.basename(os.path.normpath(path))}@{weights_identity(path)}"
-        return cls(cfg, weights, ident)
+        m = cls(cfg, weights, weights_identity(path, cfg))
+        m.name = name or os.path.basename(os.path.normpath(path))
+        m.path = os.fspath(path)
+        m.eos_token_ids = eos_token_ids(path)
+        return m
+
+    @staticmethod
+    def identity_of(path: str, name: str | None = None) -> str:
+        """The identity that from_pretrained(path, name) gives, without loading the weights (the
+        fleet's driver keys its results on it before any actor has loaded the model). The name is
+        not part of it: a renamed copy of the same weights is the same model."""
+        from replay.weights import weights_identity
+
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = ModelConfig.from_hf(json.load(f))
+        return weights_identity(path, cfg)
 
     @classmethod
     def random(cls, cfg: ModelConfig, seed: int = 0, std: float = 0.02, device="cpu",
@@ -359,7 +398,7 @@ class Model:
         plan = batch if isinstance(batch, ForwardPlan) else self.plan(batch, kv)
         T = plan.tokens.shape[0]
         Hq, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        x = w["embed"][plan.tokens]                                        # (T, hidden)
+        x = self.embed(plan.tokens)                                        # (T, hidden)
         residual = None
         for i in range(cfg.n_layers):
             p = f"layers.{i}."
@@ -402,7 +441,7 @@ class Model:
     def n_params(self) -> int:
         seen, n = set(), 0
         for k, t in self.w.items():
-            if k == "lm_head" and self.cfg.tie_embeddings:
+            if k == "lm_head" and self.cfg.tie_embeddings and "embed" in self.w:
                 continue  # the embedding table, counted once
             if isinstance(t, ops.PackedLinear):
                 n += t.N * t.K
@@ -410,3 +449,19 @@ class Model:
                 seen.add(t.data_ptr())
                 n += t.numel()
         return n
+
+
+def eos_token_ids(path: str) -> list[int]:
+    """The model's end-of-sequence ids: eos_token_id (an int or a list) of generation_config.json
+    and of config.json, in that order, without repeats; [] if neither has one."""
+    out: list[int] = []
+    for name in ("generation_config.json", "config.json"):
+        f = os.path.join(path, name)
+        if not os.path.exists(f):
+            continue
+        with open(f) as fh:
+            eos = json.load(fh).get("eos_token_id")
+        for t in eos if isinstance(eos, list) else [eos]:
+            if isinstance(t, int) and not isinstance(t, bool) and t >= 0 and t not in out:
+                out.append(t)
+    return out

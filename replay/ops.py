@@ -152,15 +152,27 @@ class PackedLinear:
     def dtype(self) -> torch.dtype:
         return self.data.dtype
 
-    def unpack(self) -> torch.Tensor:
-        """The (N, K) weight, in the packed dtype."""
+    def _panel_rows(self) -> torch.Tensor:
+        """(K,) the panel row that holds column k of the weight."""
         K = self.K
         k = torch.arange(K)
         q, K16 = K // 16, K // 16 * 16
         lane = k % 16
         rev = ((lane & 1) << 3) | ((lane & 2) << 1) | ((lane & 4) >> 1) | ((lane & 8) >> 3)
-        row = torch.where(k < K16, rev * q + k // 16, k)         # (K,) panel row of column k
-        return self.data[:, row, :].permute(0, 2, 1).reshape(-1, K)[: self.N]
+        return torch.where(k < K16, rev * q + k // 16, k)
+
+    def unpack(self) -> torch.Tensor:
+        """The (N, K) weight, in the packed dtype."""
+        row = self._panel_rows()
+        return self.data[:, row, :].permute(0, 2, 1).reshape(-1, self.K)[: self.N]
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows `idx` of the (N, K) weight, (len(idx), K) in the packed dtype: a gather from the
+        panels, so a tied embedding table needs no copy beside its packed LM head."""
+        idx = idx.to(torch.int64)
+        ok = idx.dim() == 1 and (not len(idx) or (int(idx.min()) >= 0 and int(idx.max()) < self.N))
+        _check(ok, f"PackedLinear.rows: indices must be 1-D in [0, {self.N})")
+        return self.data[(idx // 16)[:, None], self._panel_rows()[None, :], (idx % 16)[:, None]]
 
     def __repr__(self):
         return f"PackedLinear(N={self.N}, K={self.K}, dtype={self.dtype})"
@@ -474,7 +486,7 @@ def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tenso
     v_pages:     (N, Hkv, P, D)    :, j % P]; any strides with the last dimension contiguous
     block_table: (S, max_pages)    page of each P positions of each sequence
     P must be a multiple of 64 (a key block of the replay contract never straddles two pages).
-    CPU only (float32); the caller keeps block_table's pages within k_pages.
+    CPU only (float32).
     """
     q = _f32("q", q, 3)
     _check(k_pages.dtype == torch.float32 and v_pages.dtype == torch.float32 and
@@ -494,6 +506,17 @@ def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tenso
            "paged_attention: cu_q must have S+1 entries and block_table S rows")
     _check(q.device.type == "cpu" and _BACKEND == "replay",
            "paged_attention: replay's CPU kernels only (the replay backend)")
+    # every page a query reads must be one of k_pages (the kernel does not bound its reads)
+    lens = cu_q[1:] - cu_q[:-1]
+    _check(int(cu_q[0]) == 0 and int(cu_q[-1]) == T and bool((lens >= 0).all())
+           and bool((pos0 >= 0).all()), "paged_attention: cu_q must rise from 0 to T and pos0 "
+                                        "be >= 0")
+    need = (pos0 + lens + P - 1) // P  # pages of each sequence up to its last query
+    _check(S == 0 or int(need.max()) <= bt.shape[1], "paged_attention: a sequence reads past its "
+                                                    "block_table row")
+    used = bt[:S][torch.arange(bt.shape[1])[None, :] < need[:, None]]
+    _check(bool(((used >= 0) & (used < N)).all()), f"paged_attention: block_table names a page "
+                                                   f"outside k_pages' {N}")
     out = torch.empty_like(q)
     if T:
         C().attention_paged_f32(_p(q), _p(k_pages), _p(v_pages), _p(out), _p(cu_q), _p(pos0),

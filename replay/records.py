@@ -20,19 +20,35 @@ import json
 import math
 import numbers
 import os
+import re
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 SEED_LIMIT = 2**64  # seeds are uint64: the Philox key is two 32-bit words
+INT64_LIMIT = 2**63  # token ids, top_k and max_tokens are stored as Parquet int64
+# temperature: 0 (greedy) or within these bounds. The sampler divides float32 logits by T: below
+# 1e-6 l / T can overflow float32 (inf logits, NaN margins) and the noise is lost in z's rounding
+# anyway; above 1e6 every realistic row is uniform to float32 precision.
+TEMPERATURE_RANGE = (1e-6, 1e6)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
-# Top-level fields in file order. stack and meta are optional (logs written before the stack was
-# recorded have none: such a record is verified as if made on the verifier's stack).
+# Top-level fields in file order. stack, request and meta are optional (logs written before the
+# stack was recorded have none: such a record is verified as if made on the verifier's stack).
 FIELDS = ("request_id", "prompt", "output", "params", "max_tokens", "stop_token_ids", "model",
-          "stack", "meta")
-OPTIONAL = ("stack", "meta")
+          "stack", "request", "meta")
+OPTIONAL = ("stack", "request", "meta")
 PARAM_FIELDS = ("temperature", "top_k", "top_p", "seed")
+# The trusted logger's copy of the client's request (docs/records.md): every field it owns but the
+# request_id (the record's key) and the output (the server's).
+REQUEST_FIELDS = ("prompt", "params", "max_tokens", "stop_token_ids")
+# The form replay.ops.stack writes: "replay <version> / <backend> / <device kind> / <dtype>". The
+# engine writes the stack, so a server could make it a free-text channel: anything else is refused.
+_VERSION = r"[0-9][0-9A-Za-z.+_-]{0,31}"
+STACK_FORM = re.compile(rf"replay {_VERSION} / (cpu|triton-interpreter|torch {_VERSION}|"
+                        rf"cuda-triton {_VERSION}) / (cpu|cuda sm_[0-9]{{2,3}}|[a-z]{{1,16}}) / "
+                        r"(float32|bfloat16|float16|float64)")
 
 
 class RecordError(ValueError):
@@ -60,6 +76,47 @@ def _type(x) -> str:
     return type(x).__name__
 
 
+def _f32(x: float) -> float:
+    # x as the sampler sees it (float32); inf past float32's range
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def record_name(rid, where: str | None) -> str:
+    """How errors and results name a record: its request_id when that is a non-empty UTF-8
+    string, else where it sits (file:line or file:row N)."""
+    return rid if isinstance(rid, str) and rid and _utf8(rid) else (where or "<record>")
+
+
+def _token_ids(seq, fld: str, bad) -> None:
+    if not isinstance(seq, (list, tuple)):
+        bad(fld, f"must be a list of token ids, got {_type(seq)}")
+    for i, t in enumerate(seq):
+        if not _is_int(t):
+            bad(fld, f"token id at index {i} must be an integer, got {_type(t)} {t!r}")
+        if t < 0:
+            bad(fld, f"token id {t} at index {i} is outside the vocabulary (negative)")
+        if t >= INT64_LIMIT:
+            bad(fld, f"token id {t} at index {i} is outside the vocabulary (>= 2**63)")
+
+
+def _count(x, fld: str, bad) -> None:
+    if not _is_int(x):
+        bad(fld, f"must be an integer, got {_type(x)}")
+    if not 0 <= x < INT64_LIMIT:  # 0 is allowed: an empty output, terminated by "length"
+        bad(fld, f"must be in [0, 2**63), got {x}")
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 1.0  # 0 means greedy (argmax, lowest index on ties)
@@ -72,18 +129,21 @@ class SamplingParams:
         def bad(name, msg):
             raise RecordError(where, f"params.{name}", msg)
         t, k, p, s = self.temperature, self.top_k, self.top_p, self.seed
+        lo, hi = TEMPERATURE_RANGE
         if not _is_real(t):
             bad("temperature", f"must be a number, got {_type(t)}")
-        if not math.isfinite(t) or t < 0:
-            bad("temperature", f"must be a finite number >= 0, got {t!r}")
+        if not (t == 0 or lo <= t <= hi):  # also rejects NaN, infinities and huge ints
+            bad("temperature", f"must be 0 (greedy) or in [{lo:g}, {hi:g}], got {t!r}")
         if not _is_int(k):
             bad("top_k", f"must be an integer, got {_type(k)}")
-        if k < 0:
-            bad("top_k", f"must be >= 0 (0 keeps all tokens), got {k}")
+        if not 0 <= k < INT64_LIMIT:
+            bad("top_k", f"must be in [0, 2**63) (0 keeps all tokens), got {k}")
         if not _is_real(p):
             bad("top_p", f"must be a number, got {_type(p)}")
         if not 0 < p <= 1:  # also rejects NaN
             bad("top_p", f"must be in (0, 1], got {p!r}")
+        if _f32(p) <= 0:  # the sampler reads float32(top_p)
+            bad("top_p", f"{p!r} is 0 in float32, the sampler's precision")
         if not _is_int(s):
             bad("seed", f"must be an integer, got {_type(s)}")
         if not 0 <= s < SEED_LIMIT:
@@ -95,6 +155,63 @@ class SamplingParams:
                               int(self.seed))
 
 
+@dataclass(frozen=True)
+class LoggedRequest:
+    """The trusted logger's copy of the client's request: the limits and parameters the logger
+    saw, never the server's echo of them. The termination check reads its max_tokens and
+    stop_token_ids; every field must equal the record's own (else the record fails)."""
+    prompt: list[int]
+    params: SamplingParams
+    max_tokens: int
+    stop_token_ids: list[int]
+
+    def to_dict(self) -> dict:
+        return {"prompt": list(self.prompt), "params": dataclasses.asdict(self.params),
+                "max_tokens": self.max_tokens, "stop_token_ids": list(self.stop_token_ids)}
+
+    @classmethod
+    def from_dict(cls, d: Any, name: str, where: str | None) -> "LoggedRequest":
+        if not isinstance(d, dict):
+            raise RecordError(name, "request", f"must be an object, got {_type(d)}", where)
+        for k in REQUEST_FIELDS:
+            if k not in d:
+                raise RecordError(name, f"request.{k}", "missing field", where)
+        for k in d:
+            if k not in REQUEST_FIELDS:
+                raise RecordError(name, f"request.{k}", "unknown field of the logged request",
+                                  where)
+        return cls(d["prompt"], _params(d["params"], name, where, "request.params"),
+                   d["max_tokens"], d["stop_token_ids"])
+
+    def validate(self, bad) -> None:
+        _token_ids(self.prompt, "request.prompt", bad)
+        if not isinstance(self.params, SamplingParams):
+            bad("request.params", f"must be SamplingParams, got {_type(self.params)}")
+        try:
+            self.params.validate("")
+        except RecordError as e:
+            bad(f"request.{e.field}", e.message)
+        _count(self.max_tokens, "request.max_tokens", bad)
+        _token_ids(self.stop_token_ids, "request.stop_token_ids", bad)
+
+    def normalized(self) -> "LoggedRequest":
+        return LoggedRequest([int(t) for t in self.prompt], self.params.normalized(),
+                             int(self.max_tokens), [int(t) for t in self.stop_token_ids])
+
+
+def _params(params: Any, name: str, where: str | None, fld: str = "params") -> SamplingParams:
+    if not isinstance(params, dict):
+        raise RecordError(name, fld, f"must be an object, got {_type(params)}", where)
+    for k in PARAM_FIELDS:
+        if k not in params:
+            raise RecordError(name, f"{fld}.{k}", "missing field", where)
+    for k in params:
+        if k not in PARAM_FIELDS:
+            # e.g. min_p or a repetition penalty: the sampler cannot replay what it lacks
+            raise RecordError(name, f"{fld}.{k}", "unknown sampling parameter", where)
+    return SamplingParams(**params)
+
+
 @dataclass
 class Record:
     request_id: str
@@ -103,14 +220,15 @@ class Record:
     params: SamplingParams
     max_tokens: int
     stop_token_ids: list[int]
-    model: str                # model identity, e.g. "name@sha256:<hash of the weights>"
+    model: str                # model identity (replay.weights.identity: a hash of the weights)
     meta: dict = field(default_factory=dict)  # free-form, kept on round trips
     # the kernel stack the output was generated on (replay.ops.stack: replay version, backend,
     # device kind, dtype); exact replay holds within one stack; "" = not recorded
     stack: str = ""
+    request: LoggedRequest | None = None      # the trusted logger's copy of the request
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "request_id": self.request_id,
             "prompt": list(self.prompt),
             "output": list(self.output),
@@ -119,8 +237,11 @@ class Record:
             "stop_token_ids": list(self.stop_token_ids),
             "model": self.model,
             "stack": self.stack,
-            "meta": self.meta,
         }
+        if self.request is not None:
+            d["request"] = self.request.to_dict()
+        d["meta"] = self.meta
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, where: str | None = None) -> "Record":
@@ -129,22 +250,13 @@ class Record:
         loc = where or "<dict>"
         if not isinstance(d, dict):
             raise RecordError(loc, None, f"expected a JSON object, got {_type(d)}", where)
-        rid = d.get("request_id")
-        name = rid if isinstance(rid, str) and rid else loc
+        name = record_name(d.get("request_id"), loc)
         _names(d, FIELDS, "field", name, where)
-        params = d["params"]
-        if not isinstance(params, dict):
-            raise RecordError(name, "params", f"must be an object, got {_type(params)}", where)
-        for k in PARAM_FIELDS:
-            if k not in params:
-                raise RecordError(name, f"params.{k}", "missing field", where)
-        for k in params:
-            if k not in PARAM_FIELDS:
-                # e.g. min_p or a repetition penalty: the sampler cannot replay what it lacks
-                raise RecordError(name, f"params.{k}", "unknown sampling parameter", where)
-        rec = cls(d["request_id"], d["prompt"], d["output"], SamplingParams(**params),
+        req = d.get("request")
+        rec = cls(d["request_id"], d["prompt"], d["output"], _params(d["params"], name, where),
                   d["max_tokens"], d["stop_token_ids"], d["model"], d.get("meta", {}),
-                  d.get("stack", ""))
+                  d.get("stack", ""),
+                  None if req is None else LoggedRequest.from_dict(req, name, where))
         rec.validate(where=where)
         return rec.normalized()
 
@@ -154,14 +266,17 @@ class Record:
         return Record(self.request_id, [int(t) for t in self.prompt],
                       [int(t) for t in self.output], self.params.normalized(),
                       int(self.max_tokens), [int(t) for t in self.stop_token_ids], self.model,
-                      self.meta, self.stack)
+                      self.meta, self.stack,
+                      self.request.normalized() if self.request else None)
 
     def validate(self, vocab_size: int | None = None, max_context: int | None = None,
-                 where: str | None = None, model: str | None = None) -> None:
+                 where: str | None = None, model: str | None = None,
+                 require_request: bool = False) -> None:
         """Raise RecordError on the first problem. Without vocab_size / max_context only the
-        model-independent checks run; with model (an identity), the record must name it."""
+        model-independent checks run; with model (an identity), the record must name it; with
+        require_request, it must carry the logger's copy of the request (a logger key is set)."""
         rid = self.request_id
-        name = rid if isinstance(rid, str) and rid else (where or "<record>")
+        name = record_name(rid, where)
 
         def bad(fld, msg):
             raise RecordError(name, fld, msg, where)
@@ -169,19 +284,10 @@ class Record:
             bad("request_id", f"must be a string, got {_type(rid)}")
         if not rid:
             bad("request_id", "must not be empty")
-        try:
-            rid.encode("utf-8")  # the seed derivation hashes these bytes
-        except UnicodeEncodeError:
+        if not _utf8(rid):  # the seed derivation hashes these bytes
             bad("request_id", "is not encodable as UTF-8 (lone surrogate?)")
         for fld in ("prompt", "output", "stop_token_ids"):
-            seq = getattr(self, fld)
-            if not isinstance(seq, (list, tuple)):
-                bad(fld, f"must be a list of token ids, got {_type(seq)}")
-            for i, t in enumerate(seq):
-                if not _is_int(t):
-                    bad(fld, f"token id at index {i} must be an integer, got {_type(t)} {t!r}")
-                if t < 0:
-                    bad(fld, f"token id {t} at index {i} is outside the vocabulary (negative)")
+            _token_ids(getattr(self, fld), fld, bad)
         if not self.prompt:
             bad("prompt", "is empty (the first output token needs a context)")
         if not isinstance(self.params, SamplingParams):
@@ -190,22 +296,29 @@ class Record:
             self.params.validate(name)
         except RecordError as e:
             raise RecordError(name, e.field, e.message, where) from None
-        if not _is_int(self.max_tokens):
-            bad("max_tokens", f"must be an integer, got {_type(self.max_tokens)}")
-        if self.max_tokens < 0:  # 0 is allowed: an empty output, terminated by "length"
-            bad("max_tokens", f"must be >= 0, got {self.max_tokens}")
+        _count(self.max_tokens, "max_tokens", bad)
         if len(self.output) > self.max_tokens:
             bad("output", f"has {len(self.output)} tokens, more than max_tokens={self.max_tokens}")
         if not isinstance(self.model, str) or not self.model:
             bad("model", f"must be a non-empty string, got {self.model!r}")
         if not isinstance(self.stack, str):
             bad("stack", f"must be a string (replay.ops.stack), got {_type(self.stack)}")
+        if self.stack and not STACK_FORM.fullmatch(self.stack):
+            bad("stack", "is not 'replay <version> / <backend> / <device> / <dtype>' "
+                "(replay.ops.stack)")
         if not isinstance(self.meta, dict):
             bad("meta", f"must be an object, got {_type(self.meta)}")
         try:
-            json.dumps(self.meta)
-        except (TypeError, ValueError) as e:
+            json.dumps(self.meta, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as e:
             bad("meta", f"is not JSON-serialisable: {e}")
+        if self.request is not None:
+            if not isinstance(self.request, LoggedRequest):
+                bad("request", f"must be a LoggedRequest, got {_type(self.request)}")
+            self.request.validate(bad)
+        elif require_request:
+            bad("request", "missing: with a logger key every record must carry the logger's "
+                           "copy of the request (prompt, params, max_tokens, stop_token_ids)")
         if vocab_size is not None:
             for fld in ("prompt", "output", "stop_token_ids"):
                 seq = getattr(self, fld)
@@ -223,21 +336,53 @@ class Record:
         if model is not None and self.model != model:
             bad("model", f"record was generated by {self.model!r}, verifier runs {model!r}")
 
-    def termination(self) -> str:
+    def limits(self) -> tuple[int, list[int]]:
+        """(max_tokens, stop_token_ids) that termination is judged by: the logger's when the
+        record carries its copy of the request, else the record's own."""
+        if self.request is not None:
+            return self.request.max_tokens, self.request.stop_token_ids
+        return self.max_tokens, self.stop_token_ids
+
+    def termination(self, max_context: int | None = None) -> str:
         """"stop": the output ends with its only stop token (also when that is at max_tokens);
-        "length": exactly max_tokens and no stop token; else "bad:<reason>". The stop token is
-        part of the output: the engine samples it like any other token, so it is verified too."""
-        n, stops = len(self.output), set(self.stop_token_ids)
-        if n > self.max_tokens:
+        "length": exactly max_tokens and no stop token; "context": no stop token and prompt +
+        output fills max_context, the verifier's model context (never a limit the record claims);
+        else "bad:<reason>". Limits: Record.limits (the logger's). The stop token is part of the
+        output: the engine samples it like any other token, so it is verified too."""
+        max_tokens, stops = self.limits()
+        n, stops = len(self.output), set(stops)
+        if n > max_tokens:
             return "bad:longer_than_max_tokens"
         hits = [i for i, t in enumerate(self.output) if t in stops]
         if hits and hits[0] < n - 1:
             return "bad:stop_token_in_middle"
         if hits:
             return "stop"
-        if n == self.max_tokens:
+        if n == max_tokens:
             return "length"
+        if max_context is not None and len(self.prompt) + n == max_context:
+            return "context"
         return "bad:neither_stop_nor_max_tokens"
+
+    def claim_mismatches(self) -> list[tuple[str, str]]:
+        """(field, reason) for each field where the record differs from the logger's copy of the
+        request: the server changed what the client asked for."""
+        req, out = self.request, []
+        if req is None:
+            return out
+        for fld in REQUEST_FIELDS:
+            mine, logged = getattr(self, fld), getattr(req, fld)
+            if fld != "params":
+                if mine != logged:
+                    out.append((fld, f"{fld}: the record's differs from the logger's request"))
+                continue
+            for k in PARAM_FIELDS:
+                a, b = getattr(mine, k), getattr(logged, k)
+                if a != b:  # never print a seed: the server must not learn the logger's
+                    out.append((f"params.{k}", f"params.{k}: the record's differs from the "
+                                               "logger's request" if k == "seed" else
+                                f"params.{k}: the record says {a!r}, the logger's request {b!r}"))
+        return out
 
 
 def derive_seed(key: bytes, request_id: str) -> int:
@@ -268,14 +413,16 @@ class Batch:
         return f"Batch({len(self.records)} records, {len(self.errors)} errors)"
 
     def validate(self, vocab_size: int | None = None, max_context: int | None = None,
-                 model: str | None = None) -> tuple[list[Record], list[RecordError]]:
+                 model: str | None = None, require_request: bool = False
+                 ) -> tuple[list[Record], list[RecordError]]:
         """(good records, errors): the read errors, then one error per record that fails the
-        model's checks (Record.validate; model: the identity records must name) or repeats an
-        earlier request_id. Never raises for a bad record."""
+        model's checks (Record.validate; model: the identity records must name; require_request:
+        the logger's copy of the request must be there) or repeats an earlier request_id. Never
+        raises for a bad record."""
         good, errors = [], list(self.errors)
         for r in self.records:
             try:
-                r.validate(vocab_size, max_context, model=model)
+                r.validate(vocab_size, max_context, model=model, require_request=require_request)
                 good.append(r)
             except RecordError as e:
                 errors.append(e)
@@ -287,6 +434,8 @@ class Batch:
     @classmethod
     def from_jsonl(cls, path) -> "Batch":
         records, where, errors = [], [], []
+        from replay.jsonl import read_jsonl
+
         for loc, d in read_jsonl(path):
             try:
                 if isinstance(d, RecordError):
@@ -308,7 +457,8 @@ class Batch:
     @classmethod
     def from_parquet(cls, path) -> "Batch":
         """Per-row problems go to Batch.errors; an unreadable file (truncated, not Parquet,
-        missing or unknown column) raises RecordError naming the file."""
+        missing, unknown or repeated column) raises RecordError naming the file. A file that
+        breaks part way keeps the rows read before and ends with one error naming the row."""
         pq, pa = _pyarrow()
         path = os.fspath(path)
         try:
@@ -316,6 +466,9 @@ class Batch:
             names = [n for n in pf.schema_arrow.names if not n.startswith("__index_level_")]
         except (pa.ArrowException, OSError) as e:
             raise RecordError(path, None, f"cannot read Parquet file: {e}", path) from e
+        for c in names:
+            if names.count(c) > 1:  # to_pydict would silently keep one of them
+                raise RecordError(path, c, f"column appears {names.count(c)} times", path)
         _names(names, _PARQUET_COLUMNS, "column", path, path)
         records, where, errors, row = [], [], [], 0
         try:
@@ -330,8 +483,9 @@ class Batch:
                     except RecordError as e:
                         errors.append(e)
         except (pa.ArrowException, OSError) as e:
-            raise RecordError(path, None, f"cannot read Parquet file at row {row}: {e}",
-                              path) from e
+            loc = f"{path}:row {row}"
+            errors.append(RecordError(loc, None, f"cannot read the Parquet file from row {row} "
+                                      f"on: {e}", loc))
         records, dup = _drop_duplicates(records, where)
         return cls(records, errors + dup)
 
@@ -351,6 +505,8 @@ class Batch:
             "stop_token_ids": pa.array([list(r.stop_token_ids) for r in rs], tok),
             "model": pa.array([r.model for r in rs], pa.string()),
             "stack": pa.array([r.stack for r in rs], pa.string()),
+            "request": pa.array([json.dumps(r.request.to_dict()) if r.request else None
+                                 for r in rs], pa.string()),
             "meta": pa.array([json.dumps(r.meta, ensure_ascii=False) for r in rs], pa.string()),
         }
         pq.write_table(pa.table(cols), path)
@@ -386,22 +542,8 @@ class Batch:
             return cls.from_jsonl(path)
         if path.endswith(PARQUET_SUFFIXES):
             return cls.from_parquet(path)
-        raise ValueError(f"{path}: unknown record format (expected a suffix in {SUFFIXES})")
-
-
-def read_jsonl(path) -> Iterator[tuple[str, Any]]:
-    """(file:line, the line's JSON value) for every non-blank line; a line that is not JSON
-    gives a RecordError in place of the value, so one bad line never costs the others."""
-    path = os.fspath(path)
-    with open(path, "rb") as f:  # bytes: split on \n only, decode each line on its own
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            loc = f"{path}:{lineno}"
-            try:
-                yield loc, json.loads(line)
-            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-                yield loc, RecordError(loc, None, f"not valid JSON: {e}", loc)
+        raise RecordError(path, None, f"unknown record format (expected a name ending in "
+                          f"{', '.join(SUFFIXES)})", path)
 
 
 def is_shard(path: str) -> bool:
@@ -437,7 +579,8 @@ def list_shards(paths) -> list[str]:
 
 
 _PARQUET_COLUMNS = ("request_id", "prompt", "output", *PARAM_FIELDS, "max_tokens",
-                    "stop_token_ids", "model", "stack", "meta")
+                    "stop_token_ids", "model", "stack", "request", "meta")
+_JSON_COLUMNS = ("request", "meta")  # JSON strings; a null cell is an absent field
 
 
 def _names(have, expected, what: str, name: str, where: str | None) -> None:
@@ -452,15 +595,26 @@ def _names(have, expected, what: str, name: str, where: str | None) -> None:
 
 def _row_to_dict(cols: dict, i: int, loc: str) -> dict:
     # Parquet row -> the JSON shape. A null cell counts as a missing field.
+    from replay.jsonl import no_repeats
+
     d = {k: v[i] for k, v in cols.items() if v[i] is not None and k not in PARAM_FIELDS}
     d["params"] = {k: cols[k][i] for k in PARAM_FIELDS if cols[k][i] is not None}
-    if "meta" in d:
-        rid = d.get("request_id") if isinstance(d.get("request_id"), str) else loc
-        try:
-            d["meta"] = json.loads(d["meta"])
-        except (TypeError, ValueError) as e:
-            raise RecordError(rid or loc, "meta", f"is not a JSON string: {e}", loc) from e
+    for k in _JSON_COLUMNS:
+        if k in d:
+            try:
+                d[k] = json.loads(d[k], object_pairs_hook=no_repeats)
+            except (TypeError, ValueError, RecursionError) as e:
+                raise RecordError(record_name(d.get("request_id"), loc), k,
+                                  f"is not a JSON string: {e}", loc) from e
     return d
+
+
+def __getattr__(name):
+    # records.read_jsonl lives in replay.jsonl (which imports this module)
+    if name == "read_jsonl":
+        from replay.jsonl import read_jsonl
+        return read_jsonl
+    raise AttributeError(f"module 'replay.records' has no attribute {name!r}")
 
 
 def _checked(records: list[Record]) -> list[Record]:
@@ -490,6 +644,6 @@ def _pyarrow():
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
-    except ImportError as e:  # optional: pip install 'replay[tables]'
-        raise ImportError("Parquet records need pyarrow: pip install 'replay[tables]'") from e
+    except ImportError as e:  # a core dependency; records import nothing of replay (extras.DIST)
+        raise ImportError("Parquet records need pyarrow: pip install replay-verify") from e
     return pq, pa

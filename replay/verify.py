@@ -15,10 +15,14 @@ the ops with it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import importlib
+import json
 import sys
 import time
 import types
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, NamedTuple, Protocol, Sequence
 
@@ -40,20 +44,47 @@ class Options:
     token_budget: teacher-forced tokens per forward pass (prompt + output - 1 per record)
     lm_chunk:     output rows per LM-head and scoring chunk
     check_model:  reject records whose `model` field is not the verifier's model identity
-    seed_key:     the logger's HMAC key: each record's params.seed must equal
-                  records.derive_seed(seed_key, request_id), else the record fails
+    seed_key:     the logger's HMAC key (bytes, not empty): each record's params.seed must
+                  equal records.derive_seed(seed_key, request_id), else the record fails; and
+                  every record must carry the logger's copy of its request (Record.request),
+                  else it is refused by name
+    tokenizer:    tokenizer.json (or a folder holding one) for the report's decoded text
+                  (replay.text); None: the model folder's, if it has one; "": ids only. Text is
+                  for reading: verdicts never depend on it
     """
     policy: Policy = field(default_factory=Policy.exact)
     token_budget: int = 4096
     lm_chunk: int = 512
     check_model: bool = True
     seed_key: bytes | None = None
+    tokenizer: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.policy, Policy):
             raise TypeError(f"policy: expected a Policy, got {type(self.policy).__name__}")
         if self.token_budget < 1 or self.lm_chunk < 1:
             raise ValueError("token_budget and lm_chunk must be >= 1")
+        if isinstance(self.seed_key, str):
+            object.__setattr__(self, "seed_key", self.seed_key.encode("utf-8"))
+        if self.seed_key is not None and not isinstance(self.seed_key, bytes):
+            raise TypeError(f"seed_key: expected bytes, got {type(self.seed_key).__name__}")
+        if self.seed_key == b"":  # an empty key would silently turn the check off
+            raise ValueError("seed_key: empty; give the logger's key, or None for no seed check")
+
+    def fingerprint(self, model_identity: str, stack: str = "") -> str:
+        """What a verdict depends on besides the record, as 32 hex digits: replay's version, the
+        model identity, the kernel stack the verifier runs on (Model.stack: an exact policy fails
+        records from another), the policy, check_model and the seed key (through an HMAC of it,
+        never the key itself). Not token_budget or lm_chunk: verdicts do not depend on packing
+        (DESIGN §2). The fleet and the watcher key stored results on it, so that a re-run with
+        another key, model, stack or policy verifies again instead of reporting an old pass."""
+        from replay import __version__
+
+        key = (None if self.seed_key is None else
+               hmac.new(self.seed_key, b"replay: seed key fingerprint", hashlib.sha256)
+               .hexdigest())
+        return digest("replay.verify.Options", __version__, model_identity, stack,
+                      self.policy.to_dict(), self.check_model, key)
 
     @classmethod
     def of(cls, options: "Options | None" = None, policy: Policy | None = None,
@@ -62,6 +93,16 @@ class Options:
         if policy is not None:
             settings["policy"] = policy
         return dataclasses.replace(options or cls(), **settings)
+
+
+def digest(*parts) -> str:
+    """SHA-256 (32 hex digits) of the JSON encoding of `parts` (JSON-serialisable values). The
+    encoding is injective (strings are quoted and escaped, lone surrogates too), so different
+    tuples never share a digest short of a SHA-256 collision: unlike "a#b" + "c" and "a" +
+    "b#c", which join to the same string."""
+    s = json.dumps(parts, ensure_ascii=True, sort_keys=True, separators=(",", ":"),
+                   allow_nan=False)
+    return hashlib.sha256(s.encode("ascii")).hexdigest()[:32]
 
 
 class Position(NamedTuple):
@@ -197,17 +238,19 @@ def as_batch(batch) -> Batch:
     return Batch(list(batch))
 
 
-def seed_failures(records, seed_key: bytes | None) -> dict[str, str]:
-    """request_id -> reason, for records whose seed is not HMAC-SHA256(seed_key, request_id)
-    (records.derive_seed): a server that picks its own seeds can grind them to steer outputs."""
-    if seed_key is None:
-        return {}
-    out = {}
+def claim_failures(records, seed_key: bytes | None) -> dict[str, list[tuple[str, str]]]:
+    """request_id -> [(field, reason)] for what a record claims that the logger did not log: a
+    seed that is not HMAC-SHA256(seed_key, request_id) (records.derive_seed; a server that picks
+    its own seeds can grind them to steer outputs), or a field that differs from the logger's copy
+    of the request (Record.claim_mismatches). Reasons never name the expected seed."""
+    out: dict[str, list] = {}
     for r in records:
-        want = derive_seed(seed_key, r.request_id)
-        if r.params.seed != want:
-            out[r.request_id] = (f"params.seed: {r.params.seed} is not the logger's seed for "
-                                 f"this request_id ({want})")
+        bad = r.claim_mismatches()
+        if seed_key is not None and r.params.seed != derive_seed(seed_key, r.request_id):
+            bad.insert(0, ("params.seed", "params.seed: not the logger's seed for this "
+                                          "request_id (HMAC-SHA256 of the logger key)"))
+        if bad:
+            out[r.request_id] = bad
     return out
 
 
@@ -231,15 +274,20 @@ def verify(batch, model, policy: Policy | None = None, *, options: Options | Non
     t0 = time.perf_counter()
     cfg = model.cfg
     good, errors = b.validate(cfg.vocab_size, cfg.max_context,
-                              model=model.identity if opts.check_model else None)
+                              model=model.identity if opts.check_model else None,
+                              require_request=opts.seed_key is not None)
     here = getattr(model, "stack", "")  # a model without one (replay.hf's) checks no stack
     report = Report(policy=pol, model=model.identity, vocab_size=cfg.vocab_size, stack=here)
     for e in errors:
         report.add_error(e)
     # A policy that accepts one token per position needs the engine's exact rows, which only the
-    # same kernel stack recomputes; tolerant policies score records from any stack.
-    elsewhere = [r for r in good if pol.single and here and r.stack and r.stack != here]
-    good = [r for r in good if r not in elsewhere]
+    # same kernel stack recomputes; tolerant policies score records from any stack. A record's
+    # stack is the server's claim (docs/records.md): a mismatch fails, so no claim can pass a
+    # record that exact replay would fail.
+    report.stacks = dict(Counter(r.stack for r in good))
+    mismatch = [bool(pol.single and here and r.stack and r.stack != here) for r in good]
+    elsewhere = [r for r, m in zip(good, mismatch) if m]
+    good = [r for r, m in zip(good, mismatch) if not m]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -262,10 +310,21 @@ def verify(batch, model, policy: Policy | None = None, *, options: Options | Non
     report.logits = {r.request_id: (torch.stack(kept[r.request_id]) if r.output
                                     else torch.empty(0, cfg.vocab_size))
                      for r in good} if keep_logits else {}
-    report.finish(good, time.perf_counter() - t0, seed_failures(good, opts.seed_key))
+    claims = claim_failures(good + elsewhere, opts.seed_key)
+    report.finish(good, time.perf_counter() - t0, claims, max_context=cfg.max_context,
+                  text=text_of(opts, model))
     for r in elsewhere:
-        report.add_stack_mismatch(r)
+        report.add_stack_mismatch(r, claims.get(r.request_id, ()), cfg.max_context)
     return report
+
+
+def text_of(options: Options, model):
+    """The replay.text.Text for the report (Options.tokenizer), or None for ids only."""
+    from replay.text import Text
+
+    if options.tokenizer == "":
+        return None
+    return Text.load(options.tokenizer) if options.tokenizer else Text.find(model)
 
 
 class _CallableModule(types.ModuleType):
@@ -273,6 +332,11 @@ class _CallableModule(types.ModuleType):
     # the function replay.verify(...): so the module calls it.
     def __call__(self, *args, **kwargs) -> Report:
         return verify(*args, **kwargs)
+
+    @property
+    def __signature__(self):  # help() and inspect show the function's arguments
+        import inspect
+        return inspect.signature(verify)
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -8,9 +8,11 @@ with its exact shape.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import struct
 
 import torch
 
@@ -64,10 +66,18 @@ def fuse(hf: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
 
 
 def _shards(path: str) -> list[str]:
+    """The weight files of a checkpoint folder: those its index names (every entry a plain name
+    inside the folder: a malicious index must not make replay read other files), or
+    model.safetensors."""
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(index):
         with open(index) as f:
             files = sorted(set(json.load(f)["weight_map"].values()))
+        for x in files:
+            parts = x.replace("\\", "/").split("/")
+            if os.path.isabs(x) or ".." in parts or not x.endswith(".safetensors"):
+                raise ValueError(f"{index}: weight_map entry {x!r} is not a .safetensors file "
+                                 "inside the model folder")
         return [os.path.join(path, x) for x in files]
     single = os.path.join(path, "model.safetensors")
     if os.path.exists(single):
@@ -75,11 +85,21 @@ def _shards(path: str) -> list[str]:
     raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
 
 
+def _kept_bf16(ours: str) -> bool:
+    """A bfloat16 checkpoint's matmul weights and embedding table stay bfloat16 in memory: the
+    CPU kernels widen each value to float32 as they load it (exactly), so the results have the
+    bits of the upcast weights at half the memory. Norms and biases are upcast (they are small,
+    and their kernels take float32)."""
+    return ours.rsplit(".", 1)[-1] in ("wqkv", "wo", "wgu", "wdown", "lm_head", "embed")
+
+
 def load_hf_weights(path: str, cfg) -> dict[str, torch.Tensor]:
-    """Read every shard, check names and shapes against the config, and fuse."""
+    """Read every shard, check names and shapes against the config, and fuse (float32, or
+    bfloat16 where `_kept_bf16`)."""
     from safetensors import safe_open
 
-    expected = hf_names(cfg)
+    wmap = weight_map(cfg)
+    expected = {hf: shape for hf, (_, shape) in wmap.items()}
     hf = {}
     for shard in _shards(path):
         with safe_open(shard, framework="pt") as f:
@@ -95,7 +115,8 @@ def load_hf_weights(path: str, cfg) -> dict[str, torch.Tensor]:
                 if tuple(t.shape) != expected[name]:
                     raise ValueError(f"{shard}: {name} has shape {tuple(t.shape)}, the config "
                                      f"implies {expected[name]}")
-                hf[name] = t.float()
+                keep = t.dtype == torch.bfloat16 and _kept_bf16(wmap[name][0])
+                hf[name] = t if keep else t.float()
     missing = sorted(set(expected) - set(hf))
     if missing:
         raise ValueError(f"{path}: {len(missing)} tensors missing from the checkpoint, e.g. "
@@ -103,11 +124,82 @@ def load_hf_weights(path: str, cfg) -> dict[str, torch.Tensor]:
     return fuse(hf, cfg)
 
 
-def weights_identity(path: str) -> str:
-    """A content hash of config.json and the weight files (first 16 hex digits of SHA-256)."""
-    h = hashlib.sha256()
-    for p in [os.path.join(path, "config.json")] + _shards(path):
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
+IDENTITY_CACHE_ENV = "REPLAY_CACHE"  # a folder for the tensor digests, or "off"
+_HEADER_LIMIT = 100 << 20            # a safetensors header above 100 MB is not a checkpoint
+
+
+def weights_identity(path: str, cfg) -> str:
+    """The model identity: "sha256:" + 32 hex digits of SHA-256 over the config the model runs
+    (ModelConfig's fields, which are what changes the math) and, for every tensor the config
+    uses, in name order, its name, stored dtype, shape and the SHA-256 of its stored bytes. It
+    does not depend on the folder's name, the file names or how the tensors are split into
+    shards, so a renamed or re-sharded copy of the same weights is the same model; a changed
+    value, dtype or config field is another. The per-tensor digests of each file are cached
+    (tensor_digests), so only the first load of a file reads it twice."""
+    digests = {}
+    for shard in _shards(path):
+        digests.update(tensor_digests(shard))
+    h = hashlib.sha256(b"replay model identity v1\n")
+    h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode() + b"\n")
+    for name in sorted(hf_names(cfg)):
+        if name not in digests:
+            raise ValueError(f"{path}: tensor {name} is missing from the checkpoint")
+        dtype, shape, digest = digests[name]
+        h.update(f"{name} {dtype} {list(shape)} {digest}\n".encode())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def tensor_digests(file: str) -> dict[str, tuple[str, list, str]]:
+    """name -> (dtype, shape, SHA-256 of the tensor's bytes) of one safetensors file, read from
+    its header and byte ranges (no tensor is built). Cached in $REPLAY_CACHE (default
+    ~/.cache/replay) under the file's path, device, inode, size, mtime and ctime: a file changed
+    in place has a new ctime, which no user can set back."""
+    st = os.stat(file)
+    key = json.dumps([os.path.realpath(file), st.st_dev, st.st_ino, st.st_size,
+                      st.st_mtime_ns, st.st_ctime_ns])
+    root = os.environ.get(IDENTITY_CACHE_ENV) or os.path.join(
+        os.path.expanduser("~"), ".cache", "replay")
+    cache = None if root == "off" else os.path.join(
+        root, "tensors-" + hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+    if cache and os.path.exists(cache):
+        try:
+            with open(cache) as f:
+                d = json.load(f)
+            if d.get("key") == key:
+                return {k: tuple(v) for k, v in d["tensors"].items()}
+        except (OSError, ValueError):
+            pass  # unreadable: compute again
+    out = _hash_tensors(file)
+    if cache:
+        try:
+            os.makedirs(root, exist_ok=True)
+            tmp = f"{cache}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"key": key, "tensors": out}, f)
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # a read-only home: no cache, same identity
+    return out
+
+
+def _hash_tensors(file: str) -> dict[str, tuple[str, list, str]]:
+    with open(file, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > _HEADER_LIMIT:
+            raise ValueError(f"{file}: safetensors header of {n} bytes")
+        header = json.loads(f.read(n))
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            a, b = info["data_offsets"]
+            f.seek(8 + n + a)
+            h, left = hashlib.sha256(), b - a
+            while left > 0:
+                block = f.read(min(left, 1 << 24))
+                if not block:
+                    raise ValueError(f"{file}: tensor {name} is truncated")
                 h.update(block)
-    return h.hexdigest()[:16]
+                left -= len(block)
+            out[name] = (info["dtype"], list(info["shape"]), h.hexdigest())
+    return out

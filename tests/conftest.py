@@ -9,6 +9,11 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Model identities cache per-file tensor digests (replay.weights): keep the suite's out of ~/.cache.
+if "REPLAY_CACHE" not in os.environ:
+    import tempfile
+    os.environ["REPLAY_CACHE"] = tempfile.mkdtemp(prefix="replay-cache-")
+
 from replay.model import Model, ModelConfig  # noqa: E402
 
 # Keep the CPU suite reproducible and light on a 2-core machine.

@@ -159,6 +159,27 @@ def test_from_vllm_server_pair_jsonl(tmp_path):
     assert [x.field for x in e] == ["prompt"]
 
 
+def test_the_logged_request_is_the_clients_half_only():
+    """A pair's request half is the logger's copy (Record.request): a prompt the server echoes
+    differently fails on `prompt`; an entry the engine wrote whole (offline) has no copy; a client
+    that set no max_tokens leaves the output no length to stop at but its stop tokens or the
+    context (not the length it happened to have)."""
+    from replay.verify import claim_failures
+
+    r = from_vllm(VLLM_SERVER, model="m", eos_token_id=2).records[0]
+    assert r.request is not None and r.request.prompt == [1, 910, 338]
+    assert not claim_failures([r], None)
+    echo = dict(VLLM_SERVER["response"], choices=[
+        dict(VLLM_SERVER["response"]["choices"][0], prompt_token_ids=[9, 9, 9, 9])])
+    r = from_vllm(dict(VLLM_SERVER, response=echo), model="m", eos_token_id=2).records[0]
+    assert r.prompt == [9, 9, 9, 9] and r.request.prompt == [1, 910, 338]
+    assert [f for f, _ in claim_failures([r], None)[r.request_id]] == ["prompt"]
+    assert all(r.request is None for r in from_vllm(VLLM_OFFLINE, model="m").records)
+    unbounded = dict(VLLM_SERVER, request=dict(VLLM_SERVER["request"], max_tokens=None))
+    r = from_vllm(unbounded, model="m", eos_token_id=2).records[0]
+    assert r.request.max_tokens == r.max_tokens > 2**62 and r.termination().startswith("bad")
+
+
 def test_from_sglang():
     b = from_sglang(SGLANG, model="tiny@sha256:x", eos_token_id=2)
     assert not b.errors
@@ -181,3 +202,34 @@ def test_imported_records_score(small_model):
                                 "max_tokens": r.max_tokens}} for r in recs]
     b = from_vllm(log, model=small_model.identity)
     assert not b.errors and score_stock(b, small_model).ok
+
+
+def test_vllm_log_read_line_by_line(tmp_path):
+    """A log read like Batch.read: a bad line, an aborted response and an unseeded one each cost
+    only themselves (one named error), whatever the file's suffix; a .json array is one log."""
+    lines = [json.dumps(VLLM_OFFLINE[0]), "{not json", json.dumps(
+        {**VLLM_OFFLINE[0], "request_id": "ab", "outputs": [
+            {"token_ids": [306], "finish_reason": "abort"}]}), json.dumps(VLLM_OFFLINE[2])]
+    for name in ("vllm.jsonl", "vllm.json", "vllm.log"):
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+        b = from_vllm(tmp_path / name, model="m", eos_token_id=2)
+        assert [r.request_id for r in b.records] == ["0"], name
+        assert [(e.record, e.field) for e in b.errors] == [
+            (f"{tmp_path / name}:2", None), ("ab", "finish_reason"), ("2", "params.seed")]
+    e = from_vllm(tmp_path / "missing.jsonl", model="m").errors
+    assert len(e) == 1 and "cannot read" in e[0].message
+
+
+def test_importers_take_the_model_and_its_eos_ids(small_model):
+    """With the Model itself, no identity string is needed and an honest output that ended on
+    any of the model's EOS ids terminates by 'stop' (vLLM stops there by itself)."""
+    small_model.eos_token_ids = [5, 2]
+    try:
+        b = from_vllm(VLLM_OFFLINE[0], model=small_model)
+        r = b.records[0]
+        assert r.model == small_model.identity and r.stop_token_ids == [5, 2]
+        assert r.termination() == "stop"
+        g = from_sglang(SGLANG[1], model=small_model).records[0]  # ignore_eos: no stop ids
+        assert g.stop_token_ids == [] and g.termination() == "length"
+    finally:
+        small_model.eos_token_ids = []

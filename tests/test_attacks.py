@@ -1,6 +1,5 @@
 """Attackers (replay.attacks): each decodes its own message, the exact policy catches every record
 that carries a bit, the tolerant policy lets through no more than the bound; plots are written."""
-import math
 import random
 
 import pytest
@@ -159,7 +158,7 @@ def test_detection_curve_counts_first_failures():
     x, y = detection_curve([0, 3, None, 1], [5, 5, 5, 5])
     assert x == [1, 2, 3, 4, 5]
     assert y == [0.25, 0.5, 0.5, 0.75, 0.75]
-    assert math.isclose(detection_curve([], [], 3)[1][-1], 0.0)
+    assert detection_curve([], [], 3) == ([], [])  # no records: no curve ("no data")
 
 
 def test_report_command_writes_table_and_plots(small_model, tmp_path, monkeypatch):
@@ -175,7 +174,7 @@ def test_report_command_writes_table_and_plots(small_model, tmp_path, monkeypatc
                      str(tmp_path / "rank.jsonl"), "--policy", "tolerant", "--out",
                      str(out)]) == 0
     md = (out / "report.md").read_text()
-    assert "| honest.jsonl | 4 | 4 | 0 | 0 |" in md and "| rank | 4 | 0 | 4 |" in md
+    assert "| honest | 4 | 4 | 0 | 0 |" in md and "| rank | 4 | 0 | 4 |" in md
     for name in ("scores.png", "detection.png", "sweep.png"):
         assert (out / name).stat().st_size > 5000
 

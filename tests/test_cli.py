@@ -10,8 +10,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def replay_cli(*args, cwd=None, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def replay_cli(*args, cwd=None, timeout=600, env=None):
+    env = {**{k: v for k, v in os.environ.items() if k != "REPLAY_SEED_KEY"},
+           "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "replay.cli", *map(str, args)], cwd=cwd or ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -23,7 +24,7 @@ def generated(tmp_path_factory):
     prompts.write_text("def main(\nimport os\\nimport sys\nclass Point:\n")
     out = d / "records.jsonl"
     r = replay_cli("generate", "--prompts", prompts, "--out", out, "--max-tokens", 12,
-                   "--temperature", 0.9, "--seed-key", "k3y", "--quiet")
+                   "--temperature", 0.9, "--seed-key", "k3y", "--id-prefix", "req", "--quiet")
     assert r.returncode == 0, r.stderr
     assert "wrote 3 records" in r.stdout
     return d, out

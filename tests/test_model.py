@@ -1,6 +1,7 @@
 """replay's model agrees with transformers' own implementation of each family (float32, relative
 error below 1e-4), on small random configs created offline, loaded from safetensors."""
 import json
+import os
 
 import pytest
 import torch
@@ -56,7 +57,7 @@ def test_sharded_checkpoint_loads(tmp_path):
     assert (tmp_path / "model.safetensors.index.json").exists()
     model = Model.from_pretrained(str(tmp_path))
     assert model.cfg.qk_norm and model.cfg.head_dim == 32
-    assert model.identity.startswith(tmp_path.name + "@")
+    assert model.identity.startswith("sha256:") and model.name == tmp_path.name
 
 
 def test_bad_checkpoints_give_clear_errors(tmp_path):
@@ -104,3 +105,161 @@ def test_presets():
     assert ModelConfig.preset("llama-3.1-8b").rope_scaling["factor"] == 8.0
     with pytest.raises(ValueError, match="unknown preset"):
         ModelConfig.preset("gpt-2")
+
+
+# ---- what the model refuses, and what its identity hashes (issue 8 s.4) --------------------
+
+def _config(tmp_path, family="llama3", **changes):
+    hf_checkpoint(family, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(changes)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return cfg
+
+
+@pytest.mark.parametrize("family,changes,field", [
+    ("llama3", {"hidden_act": "gelu"}, "hidden_act"),
+    ("qwen2", {"hidden_act": "gelu_pytorch_tanh"}, "hidden_act"),
+    ("llama3", {"mlp_bias": True}, "mlp_bias"),
+    ("llama3", {"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+    ("llama3", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}},
+     "rope_scaling"),
+    ("llama3", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "mscale": 2.0}},
+     "rope_parameters.mscale"),
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 16}, "use_sliding_window"),
+    ("qwen3", {"layer_types": ["sliding_attention", "full_attention"]}, "layer_types"),
+    ("qwen2", {"attention_bias": True}, "attention_bias"),      # not a Qwen2 field
+    ("llama3", {"quantization_config": {"quant_method": "fp8"}}, "quantization_config"),
+    ("llama3", {"final_logit_softcapping": 30.0}, "final_logit_softcapping"),
+    ("llama3", {"max_position_embeddings": 10**8}, "max_position_embeddings"),
+    ("llama3", {"head_dim": 1024}, "head_dim"),
+])
+def test_config_fields_replay_does_not_implement_are_refused(tmp_path, family, changes, field):
+    _config(tmp_path, family, **changes)
+    with pytest.raises(ValueError, match=field):
+        Model.from_pretrained(str(tmp_path))
+
+
+def test_transformers_really_runs_other_math_for_a_refused_field(tmp_path):
+    # the refusal is not pedantry: transformers' own Llama with gelu gives other logits
+    hf = hf_checkpoint("llama3", tmp_path)
+    cfg = hf.config
+    cfg.hidden_act = "gelu"
+    gelu = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    gelu.load_state_dict(hf.state_dict())
+    x = torch.arange(1, 20).unsqueeze(0)
+    with torch.no_grad():
+        a, b = hf(x).logits, gelu(x).logits
+    assert (a - b).abs().max() / a.abs().max() > 1e-2
+
+
+def test_default_configs_of_every_family_are_accepted():
+    for cls_name, extra in FAMILIES.values():
+        d = getattr(transformers, cls_name)(**COMMON, **extra).to_dict()
+        ModelConfig.from_hf(d)  # every field transformers writes is classified
+
+
+def test_index_entries_outside_the_model_folder_are_refused(tmp_path):
+    hf_checkpoint("qwen3", tmp_path, shards=True)
+    index = tmp_path / "model.safetensors.index.json"
+    d = json.loads(index.read_text())
+    for bad in ("../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors"):
+        name = next(iter(d["weight_map"]))
+        index.write_text(json.dumps({**d, "weight_map": {**d["weight_map"], name: bad}}))
+        with pytest.raises(ValueError, match="inside the model folder"):
+            Model.from_pretrained(str(tmp_path))
+
+
+def test_identity_is_the_weights_not_the_folder_or_the_shards(tmp_path):
+    import shutil
+
+    from replay.engine import Engine, Request
+    from replay.records import SamplingParams
+    from replay.verify import verify
+
+    hf = hf_checkpoint("qwen3", tmp_path / "a")
+    a = Model.from_pretrained(str(tmp_path / "a"))
+    shutil.copytree(tmp_path / "a", tmp_path / "renamed")
+    hf.save_pretrained(tmp_path / "resharded", max_shard_size="100KB")
+    assert (tmp_path / "resharded" / "model.safetensors.index.json").exists()
+    for other in ("renamed", "resharded"):
+        assert Model.from_pretrained(str(tmp_path / other)).identity == a.identity
+    recs = Engine(a, max_batch=2).run([Request("i0", [3, 4, 5], SamplingParams(1.0, seed=1),
+                                               max_tokens=5)])
+    assert verify(recs, Model.from_pretrained(str(tmp_path / "resharded"))).ok
+    # one changed weight, or one changed config field, is another model
+    with torch.no_grad():
+        hf.model.norm.weight[0] += 1e-3
+    hf.save_pretrained(tmp_path / "changed")
+    assert Model.from_pretrained(str(tmp_path / "changed")).identity != a.identity
+    _config(tmp_path / "eps", "qwen3", rms_norm_eps=1e-5)
+    assert Model.from_pretrained(str(tmp_path / "eps")).identity != a.identity
+
+
+def test_identity_digests_are_cached_and_invalidated(tmp_path, monkeypatch):
+    from replay import weights
+
+    monkeypatch.setenv("REPLAY_CACHE", str(tmp_path / "cache"))
+    hf_checkpoint("llama3", tmp_path / "m")
+    calls = []
+    real = weights._hash_tensors
+    monkeypatch.setattr(weights, "_hash_tensors", lambda f: calls.append(f) or real(f))
+    first = Model.from_pretrained(str(tmp_path / "m")).identity
+    assert Model.from_pretrained(str(tmp_path / "m")).identity == first and len(calls) == 1
+    f = tmp_path / "m" / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    st = os.stat(f)
+    data[-1] ^= 1                      # same size, same mtime: a new ctime all the same
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert Model.from_pretrained(str(tmp_path / "m")).identity != first and len(calls) == 2
+
+
+def resident_bytes(model) -> int:
+    """Bytes of every distinct storage the model's weights hold."""
+    seen = {}
+    for t in model.w.values():
+        t = t.data if isinstance(t, ops.PackedLinear) else t
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def checkpoint_bytes(path, tied: bool) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        return sum(f.get_tensor(k).nbytes for k in f.keys()
+                   if not (tied and k == "lm_head.weight"))
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama3"])  # tied and untied head
+def test_weights_are_resident_once(tmp_path, family):
+    """Each weight is held once: packed matmul weights replace the plain ones, and a tied
+    embedding table is read from the packed LM head, not kept beside it."""
+    hf = hf_checkpoint(family, tmp_path)
+    model = Model.from_pretrained(str(tmp_path))
+    tied = model.cfg.tie_embeddings
+    assert ("embed" in model.w) != tied
+    size = checkpoint_bytes(tmp_path, tied)
+    assert size <= resident_bytes(model) <= 1.05 * size  # the panels pad N to 16 columns
+    tokens = torch.tensor([210, 0, 5, 5, 77])
+    assert torch.equal(model.embed(tokens), hf.model.embed_tokens.weight.detach()[tokens])
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama3"])
+def test_bf16_checkpoint_stays_bf16_with_the_bits_of_its_upcast(tmp_path, family):
+    """A bfloat16 checkpoint keeps its matmul weights and embedding table in bfloat16 (half the
+    memory), and gives bitwise the logits of the same checkpoint upcast to float32."""
+    hf = hf_checkpoint(family, tmp_path / "f32")
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    hf.float().save_pretrained(tmp_path / "up")
+    m16, m32 = (Model.from_pretrained(str(tmp_path / d)) for d in ("bf16", "up"))
+    for k in ("layers.0.wqkv", "layers.1.wdown", "lm_head") + (() if m16.cfg.tie_embeddings
+                                                              else ("embed",)):
+        assert m16.w[k].dtype == torch.bfloat16, k
+    assert m16.w["layers.0.ln1"].dtype == torch.float32
+    assert resident_bytes(m16) < 0.55 * resident_bytes(m32)
+    g = torch.Generator().manual_seed(3)
+    seqs = [torch.randint(0, 211, (n,), generator=g).tolist() for n in (1, 23, 70)]
+    for a, b in zip(m16(seqs), m32(seqs)):
+        assert a.dtype == torch.float32 and torch.equal(a, b)

@@ -38,13 +38,14 @@ def _case(seed, lens, q_lens, Hq=4, Hkv=2, D=32, P=64):
     return q, k_pages, v_pages, kbuf, vbuf, cu, pos0, starts, bt
 
 
-@pytest.mark.parametrize("lens,q_lens,P", [
-    ([1, 97, 200], [1, 97, 3], 64),          # a decode, a whole prefill, a chunk
-    ([130, 64, 65, 300], [1, 1, 65, 17], 128),
-    ([1025], [33], 64),
+@pytest.mark.parametrize("lens,q_lens,P,D", [
+    ([1, 97, 200], [1, 97, 3], 64, 32),          # a decode, a whole prefill, a chunk
+    ([130, 64, 65, 300], [1, 1, 65, 17], 128, 64),  # D = 64, 128: the register-tile paths
+    ([1025], [33], 64, 128),
+    ([70, 3], [9, 3], 64, 48),
 ])
-def test_paged_equals_contiguous(lens, q_lens, P):
-    q, kp, vp, kb, vb, cu, pos0, starts, bt = _case(len(lens) + P, lens, q_lens, P=P)
+def test_paged_equals_contiguous(lens, q_lens, P, D):
+    q, kp, vp, kb, vb, cu, pos0, starts, bt = _case(len(lens) + P + D, lens, q_lens, D=D, P=P)
     want = ops.attention(q, kb, vb, cu, pos0, starts, 0.17)
     got = ops.paged_attention(q, kp, vp, cu, pos0, bt, 0.17)
     assert torch.equal(got, want)
@@ -73,3 +74,18 @@ def test_paged_rejects_unaligned_pages():
     q, kp, vp, *_rest, cu, pos0, _, bt = _case(0, [40], [40], P=32)
     with pytest.raises(ValueError, match="multiple of 64"):
         ops.paged_attention(q, kp, vp, cu, pos0, bt, 0.1)
+
+
+def test_paged_rejects_pages_outside_the_cache():
+    q, kp, vp, *_rest, cu, pos0, _, bt = _case(3, [130, 20], [2, 20], P=64)
+    ops.paged_attention(q, kp, vp, cu, pos0, bt, 0.1)
+    for bad_page in (kp.shape[0], -1):
+        bad = bt.clone()
+        bad[0, 2] = bad_page  # the third page of the first sequence: read by its last query
+        with pytest.raises(ValueError, match="outside k_pages"):
+            ops.paged_attention(q, kp, vp, cu, pos0, bad, 0.1)
+    bad = bt.clone()
+    bad[1, 1:] = kp.shape[0] + 5  # past the pages a sequence reads: never looked at
+    ops.paged_attention(q, kp, vp, cu, pos0, bad, 0.1)
+    with pytest.raises(ValueError, match="block_table row"):
+        ops.paged_attention(q, kp, vp, cu, pos0, bt[:, :2], 0.1)

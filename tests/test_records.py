@@ -132,7 +132,11 @@ MALFORMED = [
     (good_dict(stop_token_ids=[-1]), "stop_token_ids", "outside the vocabulary"),
     (good_dict(prompt=[]), "prompt", "empty"),
     (good_dict(output=[1] * 17), "output", "more than max_tokens"),
-    (good_dict(max_tokens=-1, output=[]), "max_tokens", ">= 0"),
+    (good_dict(max_tokens=-1, output=[]), "max_tokens", "[0, 2**63)"),
+    # what the sampler or Parquet's int64 cannot hold is refused here, per record, not later for
+    # the whole file (issue 8 s.2)
+    (good_dict(max_tokens=2**70), "max_tokens", "[0, 2**63)"),
+    (good_dict(prompt=[1, 2**63]), "prompt", ">= 2**63"),
     (good_dict(max_tokens="16"), "max_tokens", "must be an integer"),
     (good_dict(model=""), "model", "non-empty"),
     (good_dict(meta=[1]), "meta", "must be an object"),
@@ -140,13 +144,18 @@ MALFORMED = [
     (good_dict(extra=1), "extra", "unknown field"),
     (with_param(min_p=0.1), "params.min_p", "unknown sampling parameter"),
     (with_param(temperature="0.7"), "params.temperature", "must be a number"),
-    (with_param(temperature=-0.1), "params.temperature", ">= 0"),
-    (with_param(temperature=float("nan")), "params.temperature", "finite"),
-    (with_param(temperature=float("inf")), "params.temperature", "finite"),
+    (with_param(temperature=-0.1), "params.temperature", "must be 0 (greedy) or in [1e-06, 1e+06]"),
+    (with_param(temperature=float("nan")), "params.temperature", "must be 0"),
+    (with_param(temperature=float("inf")), "params.temperature", "must be 0"),
+    (with_param(temperature=1e39), "params.temperature", "must be 0"),
+    (with_param(temperature=1e-37), "params.temperature", "must be 0"),
+    (with_param(temperature=10**400), "params.temperature", "must be 0"),
+    (with_param(top_p=1e-50), "params.top_p", "0 in float32"),
     (with_param(top_p=0.0), "params.top_p", "(0, 1]"),
     (with_param(top_p=1.5), "params.top_p", "(0, 1]"),
     (with_param(top_p=float("nan")), "params.top_p", "(0, 1]"),
-    (with_param(top_k=-1), "params.top_k", ">= 0"),
+    (with_param(top_k=-1), "params.top_k", "[0, 2**63)"),
+    (with_param(top_k=2**63), "params.top_k", "[0, 2**63)"),
     (with_param(top_k=2.5), "params.top_k", "must be an integer"),
     (with_param(seed=-1), "params.seed", "[0, 2**64)"),
     (with_param(seed=2**64), "params.seed", "[0, 2**64)"),
@@ -322,3 +331,57 @@ def test_derive_seed():
     assert derive_seed(key, rid) == want
     assert 0 <= want < 2**64 and derive_seed(key, "other") != want
     assert derive_seed(b"k", "x") == int(hmac.new(b"k", b"x", "sha256").hexdigest()[:16], 16)
+
+
+# ---- hostile files: one named error per line or record, nothing merged or lost (issue 8 s.2) --
+
+def test_jsonl_hostile_lines(tmp_path):
+    p = tmp_path / "hostile.jsonl"
+    deep = "[" * 100_000 + "]" * 100_000
+    dup_top = json.dumps(good_dict("dup")).replace('"model":', '"output": [1], "model":', 1)
+    dup_param = json.dumps(good_dict("dup-p")).replace('"seed":', '"top_k": 3, "seed":', 1)
+    two = json.dumps(good_dict("two-a")) + " " + json.dumps(good_dict("two-b"))
+    surrogate = json.dumps(good_dict("x")).replace('"x"', '"\\ud800"', 1)
+    write_lines(p, [good_dict("ok-1"), deep, dup_top, dup_param, two, surrogate, good_dict("ok-2")])
+    b = Batch.from_jsonl(p)
+    assert [r.request_id for r in b] == ["ok-1", "ok-2"]
+    got = [(e.record, e.field, e.location) for e in b.errors]
+    assert got == [(f"{p}:2", None, f"{p}:2"),
+                   ("dup", "output", f"{p}:3"),
+                   ("dup-p", "params.top_k", f"{p}:4"),
+                   ("two-a", None, f"{p}:5"), ("two-b", None, f"{p}:5"),
+                   (f"{p}:6", "request_id", f"{p}:6")]   # named where it is, printable
+    assert "nested too deeply" in b.errors[0].message
+    assert "twice" in b.errors[1].message
+    assert "value 2 of 2" in b.errors[4].message
+
+
+def test_jsonl_cr_only_line_endings(tmp_path):
+    p = tmp_path / "cr.jsonl"
+    p.write_bytes(b"\r".join(json.dumps(good_dict(f"c{i}")).encode() for i in range(3)) + b"\r")
+    b = Batch.from_jsonl(p)
+    assert [r.request_id for r in b] == ["c0", "c1", "c2"] and b.errors == []
+    p.write_bytes(b"\r\n".join(json.dumps(good_dict(f"c{i}")).encode() for i in range(3)))
+    assert len(Batch.from_jsonl(p)) == 3
+
+
+def test_parquet_repeated_column_and_unknown_suffix(tmp_path):
+    import pyarrow as pa
+    Batch([rec("a")]).to_parquet(tmp_path / "ok.parquet")
+    t = pq.read_table(tmp_path / "ok.parquet")
+    t = pa.Table.from_arrays(t.columns + [t.column("prompt")], names=t.column_names + ["prompt"])
+    pq.write_table(t, tmp_path / "dup.parquet")
+    with pytest.raises(RecordError) as ei:
+        Batch.read(tmp_path / "dup.parquet")
+    assert ei.value.field == "prompt" and "2 times" in ei.value.message
+    (tmp_path / "r.jsonl.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(RecordError, match="unknown record format"):
+        Batch.read(tmp_path / "r.jsonl.gz")
+
+
+def test_parquet_round_trips_the_logged_request(tmp_path):
+    from replay.records import LoggedRequest
+    r = rec("l", request=LoggedRequest([5, 6, 7], SamplingParams(0.7, 40, 0.9, 12345), 16, [2]))
+    for fmt in ("jsonl", "parquet"):
+        getattr(Batch([r, rec("plain")]), f"to_{fmt}")(tmp_path / f"l.{fmt}")
+        assert Batch.read(tmp_path / f"l.{fmt}").records == [r, rec("plain")]

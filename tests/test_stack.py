@@ -10,7 +10,7 @@ import torch
 from replay import ops
 from replay.engine import Engine, Request
 from replay.policy import Policy
-from replay.records import Batch, Record, RecordError, SamplingParams
+from replay.records import STACK_FORM, Batch, Record, RecordError, SamplingParams
 from replay.verify import verify
 
 
@@ -44,6 +44,23 @@ def test_records_carry_the_stack_and_keep_it_on_disk(small_model, tmp_path):
         bad.validate()
 
 
+def test_a_stack_has_the_form_ops_writes_and_no_other(small_model):
+    """The engine (the server) writes the stack: free text there would be a channel."""
+    for name in ops.BACKENDS:
+        with ops.backend(name):
+            assert STACK_FORM.fullmatch(ops.stack("cpu", torch.float32)), name
+    assert STACK_FORM.fullmatch("replay 0.1.0 / cuda-triton 3.6.0 / cuda sm_90 / bfloat16")
+    r = Engine(small_model, max_batch=1).run(requests(small_model.cfg.vocab_size, 1))[0]
+    here = r.stack
+    for free in ("anything", here + " ", here + " secret", here.replace(" / ", "/"),
+                 here.replace("float32", "float32x"), "replay 0.1.0 / cuda-triton " + "3" * 40
+                 + " / cuda sm_90 / bfloat16", here.replace(" / cpu /", " / cpu\n /")):
+        assert not STACK_FORM.fullmatch(free), free
+        with pytest.raises(RecordError, match="stack") as e:
+            dataclasses.replace(r, stack=free).validate()
+        assert free not in e.value.message  # the refusal does not echo the server's text
+
+
 def test_exact_policy_says_stack_mismatch_not_forged(small_model):
     with ops.backend("torch"):  # another stack: torch's ops, not batch invariant
         records = Engine(small_model, max_batch=3).run(requests(small_model.cfg.vocab_size))
@@ -57,6 +74,21 @@ def test_exact_policy_says_stack_mismatch_not_forged(small_model):
     # the same records with the stack not recorded (older logs) are scored as before
     unknown = [dataclasses.replace(r, stack="") for r in records]
     assert all(row.field != "stack" for row in verify(unknown, small_model).records)
+
+
+def test_a_stack_claim_skips_no_check_that_needs_no_logits(small_model):
+    """Claiming another stack buys a record no check: it fails, and the seed and termination
+    checks still name what else is wrong; the report counts the stacks records name."""
+    with ops.backend("torch"):
+        records = Engine(small_model, max_batch=3).run(requests(small_model.cfg.vocab_size))
+    cut = dataclasses.replace(records[0], output=records[0].output[:-1])  # no stop, < max_tokens
+    report = verify([cut] + records[1:], small_model, seed_key=b"logger key")
+    for row in report.records:  # the seeds 100 + i are not the logger's
+        assert row.verdict == "fail" and row.field == "stack", row
+        assert row.reason.startswith("stack mismatch") and "params.seed" in row.reason, row
+    assert "termination" in report.records[0].reason
+    assert report.stacks == {records[0].stack: 3} and records[0].stack != small_model.stack
+    assert "3 records name another stack (1 distinct" in report.summary()
 
 
 def test_tolerant_policy_applies_across_stacks(small_model):

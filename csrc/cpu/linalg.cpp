@@ -58,6 +58,14 @@ void register_linalg(pybind11::module_& m) {
   m.def("isa", &selected_isa, "the code path the kernels run (0 scalar, 1 AVX2, 2 AVX-512)");
   m.def("isa_name", []() { return std::string(kernels().name); });
   m.def("select_isa", &select_isa, "run the kernels on another supported code path (tests)");
+  m.def("add_chain", [](int64_t n) {
+    gil_scoped_release nogil;
+    uint64_t x = 0;
+    for (int64_t i = 0; i < n; i += 8)  // 8 dependent adds per iteration, one cycle each
+      asm volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
+                   "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+    return x;
+  }, "n dependent integer adds (about n cycles), for the benchmarks' clock estimate");
   m.def("set_num_threads", [](int n) { omp_set_num_threads(n); },
         "OpenMP threads of the CPU kernels (results do not depend on it)");
   m.def("get_num_threads", []() { return omp_get_max_threads(); });

@@ -1,6 +1,6 @@
 """replay inside vLLM: a `vllm.general_plugins` plugin that makes vLLM replay-exact (docs/vllm.md).
 
-    pip install 'replay[vllm]'
+    pip install 'replay-verify[vllm]'
     REPLAY_VLLM=1 vllm serve MODEL --dtype float32 ...        # or LLM(...) in the same environment
 
 vLLM loads the plugin in every process it starts (API server, engine core, workers); it does

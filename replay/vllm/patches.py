@@ -56,18 +56,21 @@ def _config():
 
 # ---- linear layers and the LM head --------------------------------------------------------
 
-def _linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _linear(x: torch.Tensor, w, bias: torch.Tensor | None) -> torch.Tensor:
     y = ops.linear(x.reshape(-1, x.shape[-1]), w, bias)
     return y.view(*x.shape[:-1], w.shape[0])
 
 
 def _keep_weight(self, layer):
-    # vLLM would pack the weight for oneDNN and drop it; replay's matmul reads it as it is
+    # vLLM would pack the weight for oneDNN; replay packs it once for its own matmul (the same
+    # bits as the unpacked weight). layer.weight stays: the embedding lookup of a tied LM head
+    # reads its rows.
     layer.weight.data = layer.weight.data.contiguous()
+    layer.replay_weight = ops.pack_linear(layer.weight.data)
 
 
 def _apply(self, layer, x, bias=None):
-    return _linear(x, layer.weight, bias)
+    return _linear(x, getattr(layer, "replay_weight", layer.weight), bias)
 
 
 def _linears():

@@ -76,8 +76,9 @@ def stack(tmp_path_factory):
          "--served-model-name", "tiny"], env=env, stdout=vlog, stderr=subprocess.STDOUT,
         start_new_session=True)
     out = tmp / "logs"
+    (tmp / "key").write_text(KEY + "\n")
     cmd = [sys.executable, "-m", "replay.cli", "logger", "--upstream",
-           f"http://127.0.0.1:{vport}", "--out", str(out), "--key", KEY,
+           f"http://127.0.0.1:{vport}", "--out", str(out), "--seed-key-file", str(tmp / "key"),
            "--served-model-name", "tiny", "--port", str(lport), "--timeout", "300"]
 
     def start_logger():
@@ -219,6 +220,7 @@ def test_logger_records_every_acknowledged_response(stack):
     assert rep.n_tokens > 3000
 
     w = subprocess.run([sys.executable, "-m", "replay.cli", "watch", out, "--out",
-                        str(stack["tmp"] / "watch"), "--once", "--seed-key", KEY, "--quiet"],
+                        str(stack["tmp"] / "watch"), "--once",
+                        "--seed-key-file", str(stack["tmp"] / "key"), "--quiet"],
                        capture_output=True, text=True, timeout=600)
     assert w.returncode == 0, w.stdout[-2000:] + w.stderr[-2000:]
