@@ -333,7 +333,8 @@ def failure_lines(rows, max_lines: int) -> list[str]:
     bad = [r for r in rows if r["verdict"] != "pass"]
     lines = []
     for r in bad[:max_lines]:
-        lines.append(f"  {r['verdict'].upper():5s} {printable(r['request_id'])}: {printable(r['reason'])}")
+        lines.append(f"  {r['verdict'].upper():5s} {printable(r['request_id'])}: "
+                     f"{printable(r['reason'])}")
         ctx = Context.of(r)
         if ctx:
             lines.append(f"        {ctx.line()}")
