@@ -35,9 +35,9 @@ import os
 
 import torch
 
+from replay.jsonl import read_jsonl
 from replay.policy import Policy
-from replay.records import (INT64_LIMIT, Batch, LoggedRequest, Record, RecordError,
-                            SamplingParams, read_jsonl)
+from replay.records import INT64_LIMIT, Batch, LoggedRequest, Record, RecordError, SamplingParams
 
 SAMPLING_EPS = 1e-5  # vLLM treats T below this as greedy
 
@@ -194,7 +194,7 @@ _NEUTRAL = {"min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
 
 
 def _load(data) -> list[tuple[str | None, object]]:
-    """(where, entry) pairs: a path read line by line like Batch.read (records.read_jsonl: a
+    """(where, entry) pairs: a path read line by line like Batch.read (jsonl.read_jsonl: a
     bad line is one RecordError entry, the others are kept), unless the file is one JSON array
     or object (a .json log); a dict or a list of dicts. A file that cannot be read at all is one
     RecordError entry naming it."""

@@ -609,14 +609,6 @@ def _row_to_dict(cols: dict, i: int, loc: str) -> dict:
     return d
 
 
-def __getattr__(name):
-    # records.read_jsonl lives in replay.jsonl (which imports this module)
-    if name == "read_jsonl":
-        from replay.jsonl import read_jsonl
-        return read_jsonl
-    raise AttributeError(f"module 'replay.records' has no attribute {name!r}")
-
-
 def _checked(records: list[Record]) -> list[Record]:
     # Never write what we would refuse to read.
     for r in records:
