@@ -263,8 +263,9 @@ def _record(rid, prompt, output, sp, max_tokens, stops, ignore_eos, eos, model, 
     params = SamplingParams(1.0 if t is None else t, top_k, 1.0 if tp is None else tp, seed)
     request = None if asked is None else LoggedRequest(list(asked), params, max_tokens,
                                                        list(stops))
-    rec = Record(rid, list(prompt or []), list(output or []), params, max_tokens, stops, model,
-                 meta, request=request)
+    # the prompt as logged: Record.validate names it if it is not token ids (a text prompt)
+    rec = Record(rid, prompt, list(output or []), params, max_tokens, stops, model, meta,
+                 request=request)
     rec.validate()
     return rec.normalized()
 
@@ -309,8 +310,6 @@ def from_vllm(data, model, eos_token_id: int | list[int] | None = None) -> Batch
                                                    "supported")
             asked = req.get("prompt_token_ids") or req.get("prompt")  # the client's
             prompt = resp.get("prompt_token_ids") or ch[0].get("prompt_token_ids") or asked
-            if not (isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)):
-                raise RecordError(rid, "prompt", "the prompt must be logged as token ids")
             if not (isinstance(asked, list) and all(isinstance(t, int) for t in asked)):
                 asked = None  # a text prompt: no token ids of the client's to hold the echo to
             output, finish, sp = ch[0].get("token_ids"), ch[0].get("finish_reason"), req
