@@ -30,7 +30,6 @@ allowed; generate runs greedy (do_sample=False), so HF's own sampling never choo
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import types
@@ -38,7 +37,7 @@ import types
 import torch
 
 from replay import ops, sampling
-from replay.model import ModelConfig, Varlen, rope_tables
+from replay.model import Model, ModelConfig, Varlen, rope_tables
 from replay.records import Record, SamplingParams
 
 ATTN = "replay"
@@ -199,10 +198,7 @@ def identity(hf_model) -> str:
     the weights for a model that was never saved."""
     path = getattr(hf_model.config, "_name_or_path", "") or getattr(hf_model, "name_or_path", "")
     if path and os.path.isfile(os.path.join(path, "config.json")):
-        from replay.model import ModelConfig
-        from replay.weights import weights_identity
-        with open(os.path.join(path, "config.json")) as f:
-            return weights_identity(path, ModelConfig.from_hf(json.load(f)))
+        return Model.identity_of(path)
     import hashlib
     h = hashlib.sha256()
     for k, v in sorted(hf_model.state_dict().items()):
