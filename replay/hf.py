@@ -155,8 +155,6 @@ def replay_kernels(hf_model):
     cfg = model_config(hf_model)
     if cfg.window:
         raise NotImplementedError("replay.hf: sliding-window attention is not supported")
-    if getattr(hf_model.config, "hidden_act", "silu") != "silu":
-        raise NotImplementedError(f"replay.hf: activation {hf_model.config.hidden_act!r}")
     p = next(hf_model.parameters())
     if p.dtype != torch.float32 and p.device.type == "cpu":
         raise ValueError(f"replay's CPU kernels are float32; the model is {p.dtype}")
