@@ -43,13 +43,9 @@ import torch
 
 from replay import ops
 from replay._ext import C
+from replay.ops import _check  # the ops layer's argument check (sampling is part of that layer)
 
 _U64 = 1 << 64
-
-
-def _check(cond: bool, msg: str):
-    if not cond:
-        raise ValueError(msg)
 
 
 def _logits(logits) -> torch.Tensor:
