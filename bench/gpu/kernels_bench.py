@@ -159,6 +159,11 @@ def _attn_point(ctx, kernel, g, B: int, L: int, heads: tuple, decode: bool):
     return t_r, t_o, t_s, float(diff)
 
 
+def _heads(ctx) -> tuple:
+    """(query heads, KV heads, head dim) of the attention sections: Llama-3.1-8B's, or small."""
+    return (4, 2, 16) if ctx.dry else (HQ, HKV, HEAD_DIM)
+
+
 def _attn_section(ctx, sec: Section, heads: tuple, grid, decode: bool, seed: int, row
                   ) -> Section:
     """sec's rows: row(B, L, *_attn_point(...)) at each (batch B, context L) of grid, until the
@@ -184,8 +189,7 @@ def bench_prefill(ctx) -> Section:
     sec = Section("prefill", "Attention prefill: replay vs torch SDPA (causal, GQA)",
                   ["context", "sequences", "replay TFLOP/s", "SDPA TFLOP/s", "replay/SDPA",
                    "ops.attention/SDPA", "max abs diff"])
-    heads = (4, 2, 16) if ctx.dry else (HQ, HKV, HEAD_DIM)
-    hq, hkv, d = heads
+    hq, hkv, d = heads = _heads(ctx)
     total = 48 if ctx.dry else 16384
     sec.notes.append(
         f"{ctx.dtype_name}, {hq} query heads, {hkv} KV heads, head dim {d}; sequences of one "
@@ -210,8 +214,7 @@ def bench_decode(ctx) -> Section:
     sec = Section("decode", "Attention decode: replay vs torch SDPA (one query per sequence)",
                   ["batch", "context", "replay GB/s", "SDPA GB/s", "replay/SDPA",
                    "ops.attention/SDPA", "max abs diff"])
-    heads = (4, 2, 16) if ctx.dry else (HQ, HKV, HEAD_DIM)
-    hq, hkv, d = heads
+    hq, hkv, d = heads = _heads(ctx)
     cap = 1 << 22  # KV rows: 4M rows of 8 x 128 bf16 keys and values is 16 GiB
     sec.notes.append(
         f"{ctx.dtype_name}, {hq}/{hkv} heads, head dim {d}. Each sequence has `context` tokens in "
