@@ -95,14 +95,14 @@ def generate(model, reqs, kind: str):
 
 # -- scores and the bound -----------------------------------------------------------------------
 
-def analyse(model, records):
-    """Verify and keep the per-token columns, in record order. A tolerant policy, so that records
-    from another kernel stack (the stock engines) are scored too, not failed unscored as "stack
-    mismatch"; the exact columns (a token is the sampler's choice) do not depend on the policy."""
-    from replay.policy import Policy, gls
+def analyse(model, records, policy):
+    """Verify and keep the per-token columns, in record order. policy: a tolerant one, so that
+    records from another kernel stack (the stock engines) are scored too, not failed unscored as
+    "stack mismatch"; the exact columns (a token is the sampler's choice) do not depend on it."""
+    from replay.policy import gls
     from replay.verify import verify
 
-    rep = verify(records, model, Policy.tolerant(-5.0, sigma=SIGMA))
+    rep = verify(records, model, policy)
     t = rep.tokens
     m = torch.tensor(t["margin"], dtype=torch.float64)
     return {"margin": m, "gls": gls(m, SIGMA), "exact": torch.tensor(t["exact"]),
@@ -184,7 +184,7 @@ def main(argv=None):
     names = {"replay": "replay engine", "torch": "torch fp32 engine",
              "torch-bf16": "torch bf16-matmul engine"}
     for k, recs in honest.items():
-        v = an[k] = analyse(model, recs)
+        v = an[k] = analyse(model, recs, default_tol)
         # the requests without top-k / top-p: no kept-set boundary that rounding can move
         plain = torch.tensor([r.params.top_k == 0 and r.params.top_p == 1.0
                               for r in recs for _ in r.output])

@@ -35,9 +35,9 @@ import os
 
 import torch
 
+from replay.jsonl import read_jsonl
 from replay.policy import Policy
-from replay.records import (INT64_LIMIT, Batch, LoggedRequest, Record, RecordError,
-                            SamplingParams, read_jsonl)
+from replay.records import INT64_LIMIT, Batch, LoggedRequest, Record, RecordError, SamplingParams
 
 SAMPLING_EPS = 1e-5  # vLLM treats T below this as greedy
 
@@ -197,7 +197,7 @@ _NEUTRAL = {"min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
 
 
 def _load(data) -> list[tuple[str | None, object]]:
-    """(where, entry) pairs: a path read line by line like Batch.read (records.read_jsonl: a
+    """(where, entry) pairs: a path read line by line like Batch.read (jsonl.read_jsonl: a
     bad line is one RecordError entry, the others are kept), unless the file is one JSON array
     or object (a .json log); a dict or a list of dicts. A file that cannot be read at all is one
     RecordError entry naming it."""
@@ -266,8 +266,9 @@ def _record(rid, prompt, output, sp, max_tokens, stops, ignore_eos, eos, model, 
     params = SamplingParams(1.0 if t is None else t, top_k, 1.0 if tp is None else tp, seed)
     request = None if asked is None else LoggedRequest(list(asked), params, max_tokens,
                                                        list(stops))
-    rec = Record(rid, list(prompt or []), list(output or []), params, max_tokens, stops, model,
-                 meta, request=request)
+    # the prompt as logged: Record.validate names it if it is not token ids (a text prompt)
+    rec = Record(rid, prompt, list(output or []), params, max_tokens, stops, model, meta,
+                 request=request)
     rec.validate()
     return rec.normalized()
 
@@ -319,8 +320,6 @@ def from_vllm(data, model, eos_token_id: int | list[int] | None = None,
                                                    "supported")
             asked = req.get("prompt_token_ids") or req.get("prompt")  # the client's
             prompt = resp.get("prompt_token_ids") or ch[0].get("prompt_token_ids") or asked
-            if not (isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)):
-                raise RecordError(rid, "prompt", "the prompt must be logged as token ids")
             if not (isinstance(asked, list) and all(isinstance(t, int) for t in asked)):
                 asked = None  # a text prompt: no token ids of the client's to hold the echo to
             output, finish, sp = ch[0].get("token_ids"), ch[0].get("finish_reason"), req

@@ -71,9 +71,9 @@ def _order(row: torch.Tensor) -> torch.Tensor:
 class Attack:
     """Base class: per-request state while serving, a per-token choice, and the decoder.
 
-    Subclasses define `_start(req, chunk)` (per-request state), `_choose(row, req, pos, st)`
-    (the token to emit, or None to sample honestly) and `_decode(rec, rows, n)` (the bits of
-    one record, at most n)."""
+    Subclasses define `_choose(row, req, pos, st)` (the token to emit, or None to sample
+    honestly) and `_decode(rec, rows, n)` (the bits of one record, at most n); `_start(req,
+    chunk)` makes the per-request state (by default: the chunk, bits sent, whether done)."""
 
     name = "attack"
     per_token = True     # whether the decoder needs the recomputed logits rows
@@ -100,6 +100,9 @@ class Attack:
         for r in records:
             self._carried[r.request_id] = self._finish(r, self._state[r.request_id])
         return records
+
+    def _start(self, req, chunk):
+        return {"chunk": chunk, "sent": 0, "done": not chunk}
 
     def _sample(self, logits, requests, positions):
         toks = seeded_sampler(logits, requests, positions)
@@ -162,9 +165,6 @@ class RankAttack(Attack):
         if bits_per_token < 1:
             raise ValueError("bits_per_token must be >= 1")
         self.b = bits_per_token
-
-    def _start(self, req, chunk):
-        return {"chunk": chunk, "sent": 0, "done": not chunk}
 
     def _choose(self, row, req, pos, st):
         group = st["chunk"][st["sent"]: st["sent"] + self.b]
@@ -369,9 +369,6 @@ class SubstitutionAttack(Attack):
         else:
             alt = _sample_one(row, dataclasses.replace(params, temperature=self.t_low), pos)
         return honest, alt
-
-    def _start(self, req, chunk):
-        return {"chunk": chunk, "sent": 0, "done": not chunk}
 
     def _choose(self, row, req, pos, st):
         honest, alt = self._pair(row, req.params, pos)

@@ -225,16 +225,14 @@ class Engine:
         """Serve every request (each arrives at its `arrival` step); records in request order."""
         for r in requests:
             self.add(r)
+        from tqdm import tqdm
+
         out: dict[str, Record] = {}
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=len(requests), desc="generate", unit="req", leave=False)
+        bar = tqdm(total=len(requests), desc="generate", unit="req", leave=False,
+                   disable=not progress)
         while not self.idle:
             for rec in self.step():
                 out[rec.request_id] = rec
-                if bar:
-                    bar.update(1)
-        if bar:
-            bar.close()
+                bar.update(1)
+        bar.close()
         return [out[r.request_id] for r in requests]

@@ -30,7 +30,6 @@ allowed; generate runs greedy (do_sample=False), so HF's own sampling never choo
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import types
@@ -38,7 +37,7 @@ import types
 import torch
 
 from replay import ops, sampling
-from replay.model import ModelConfig, Varlen, rope_tables
+from replay.model import Model, ModelConfig, Varlen, rope_tables
 from replay.records import Record, SamplingParams
 
 ATTN = "replay"
@@ -156,8 +155,6 @@ def replay_kernels(hf_model):
     cfg = model_config(hf_model)
     if cfg.window:
         raise NotImplementedError("replay.hf: sliding-window attention is not supported")
-    if getattr(hf_model.config, "hidden_act", "silu") != "silu":
-        raise NotImplementedError(f"replay.hf: activation {hf_model.config.hidden_act!r}")
     p = next(hf_model.parameters())
     if p.dtype != torch.float32 and p.device.type == "cpu":
         raise ValueError(f"replay's CPU kernels are float32; the model is {p.dtype}")
@@ -199,10 +196,7 @@ def identity(hf_model) -> str:
     the weights for a model that was never saved."""
     path = getattr(hf_model.config, "_name_or_path", "") or getattr(hf_model, "name_or_path", "")
     if path and os.path.isfile(os.path.join(path, "config.json")):
-        from replay.model import ModelConfig
-        from replay.weights import weights_identity
-        with open(os.path.join(path, "config.json")) as f:
-            return weights_identity(path, ModelConfig.from_hf(json.load(f)))
+        return Model.identity_of(path)
     import hashlib
     h = hashlib.sha256()
     for k, v in sorted(hf_model.state_dict().items()):

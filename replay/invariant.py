@@ -113,9 +113,6 @@ def _wrap(op, key, impl):
     return kernel
 
 
-_CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
 def _need(cond: bool):
     if not cond:
         raise _Fallback
@@ -125,7 +122,7 @@ def _covered(key, *ts):
     """All tensors of one supported dtype for this dispatch key."""
     dt = ts[0].dtype
     _need(all(isinstance(t, torch.Tensor) and t.dtype == dt for t in ts))
-    _need(dt == torch.float32 if key == "CPU" else dt in _CUDA_DTYPES)
+    _need(dt == torch.float32 if key == "CPU" else dt in ops._CUDA_DTYPES)
 
 
 def _last_dim(x, dim) -> int:

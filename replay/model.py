@@ -127,9 +127,6 @@ class ModelConfig:
         theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
         rope_type = rope.get("rope_type", rope.get("type", "default"))  # checked: default, llama3
         n_heads = d["num_attention_heads"]
-        window = 0
-        if arch == "mistral" and d.get("sliding_window"):
-            window = int(d["sliding_window"])
         return cls(
             arch=arch,
             vocab_size=d["vocab_size"],
@@ -147,7 +144,7 @@ class ModelConfig:
             qkv_bias=arch == "qwen2" or bool(d.get("attention_bias", False)),
             o_bias=arch != "qwen2" and bool(d.get("attention_bias", False)),
             qk_norm=arch == "qwen3",
-            window=window,
+            window=int(d.get("sliding_window") or 0) if arch == "mistral" else 0,
         )
 
 

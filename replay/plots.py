@@ -25,11 +25,21 @@ def _figure(w=6.4, h=4.2):
     return Figure(figsize=(w, h), dpi=110, layout="constrained")
 
 
-def _no_data(ax, what: str = "no data"):
+def _no_data(fig, ax, path: str, what: str = "no data") -> str:
     ax.text(0.5, 0.5, what, transform=ax.transAxes, ha="center", va="center", fontsize=12,
             color="0.4")
     ax.set_xticks([])
     ax.set_yticks([])
+    fig.savefig(path)
+    return path
+
+
+def _save(fig, ax, path: str) -> str:
+    """A grid, the legend beside the axes, and the file."""
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.savefig(path)
+    return path
 
 
 def sweep_plot(curves: dict, path: str, marks: dict | None = None, title: str | None = None):
@@ -42,9 +52,7 @@ def sweep_plot(curves: dict, path: str, marks: dict | None = None, title: str | 
     ax.set_title(title or "hidden capacity against false-positive rate (gls threshold sweep)")
     curves = {k: c for k, c in curves.items() if len(c)}
     if not curves and not marks:
-        _no_data(ax, "no data: no honest tokens with logits to sweep")
-        fig.savefig(path)
-        return path
+        return _no_data(fig, ax, path, "no data: no honest tokens with logits to sweep")
     fprs = [f for c in curves.values() for _, f, _ in c if f > 0]
     fprs += [m[0] for m in (marks or {}).values() if m[0] > 0]
     if not fprs:  # every point at FPR 0 (exact traffic): capacity against the threshold instead
@@ -69,10 +77,7 @@ def sweep_plot(curves: dict, path: str, marks: dict | None = None, title: str | 
     ax.set_xlabel(f"honest false-positive rate per token (linear below {lin:g}); point labels: "
                   "gls threshold")
     ax.set_ylabel("extractable fraction of the channel (%)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.savefig(path)
-    return path
+    return _save(fig, ax, path)
 
 
 def _sweep_by_threshold(fig, ax, curves: dict, path: str):
@@ -92,10 +97,7 @@ def _sweep_by_threshold(fig, ax, curves: dict, path: str):
     ax.set_yscale("symlog", linthresh=0.01)
     top = max(100 * fr for c in curves.values() for _, _, fr in c)
     ax.set_ylim(bottom=0, top=max(top * 2, 0.1))  # room for the top point's label
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.savefig(path)
-    return path
+    return _save(fig, ax, path)
 
 
 def _clip(xs) -> list[float]:
@@ -111,9 +113,7 @@ def score_histogram(honest, attacked: dict, path: str, threshold: float | None =
     ax.set_title(title or ("per-token score, honest and attacked traffic" if attacked else
                            f"per-token score, {honest_label} traffic"))
     if not len(honest) and not attacked:
-        _no_data(ax, "no data: no output tokens")
-        fig.savefig(path)
-        return path
+        return _no_data(fig, ax, path, "no data: no output tokens")
     bins = [GLS_FLOOR + i * (0.5 - GLS_FLOOR) / 60 for i in range(61)]
     if len(honest):
         ax.hist(_clip(honest), bins=bins, histtype="stepfilled", alpha=0.35, color="gray",
@@ -171,16 +171,11 @@ def detection_plot(curves: dict, path: str, title: str | None = None):
     ax.set_title(title or "detection rate against tokens inspected")
     curves = {k: xy for k, xy in curves.items() if len(xy[0])}
     if not curves:
-        _no_data(ax, "no data: no attacked records")
-        fig.savefig(path)
-        return path
+        return _no_data(fig, ax, path, "no data: no attacked records")
     for label, (x, y) in curves.items():
         ax.plot(x, [100 * v for v in y], label=label)
     ax.set_xscale("log")
     ax.set_xlabel("output tokens inspected per record")
     ax.set_ylabel("attacked records detected (%)")
     ax.set_ylim(-2, 102)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.savefig(path)
-    return path
+    return _save(fig, ax, path)

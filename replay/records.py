@@ -173,13 +173,8 @@ class LoggedRequest:
     def from_dict(cls, d: Any, name: str, where: str | None) -> "LoggedRequest":
         if not isinstance(d, dict):
             raise RecordError(name, "request", f"must be an object, got {_type(d)}", where)
-        for k in REQUEST_FIELDS:
-            if k not in d:
-                raise RecordError(name, f"request.{k}", "missing field", where)
-        for k in d:
-            if k not in REQUEST_FIELDS:
-                raise RecordError(name, f"request.{k}", "unknown field of the logged request",
-                                  where)
+        _names(d, REQUEST_FIELDS, "field", name, where, "request.", (),
+               "unknown field of the logged request")
         return cls(d["prompt"], _params(d["params"], name, where, "request.params"),
                    d["max_tokens"], d["stop_token_ids"])
 
@@ -202,13 +197,9 @@ class LoggedRequest:
 def _params(params: Any, name: str, where: str | None, fld: str = "params") -> SamplingParams:
     if not isinstance(params, dict):
         raise RecordError(name, fld, f"must be an object, got {_type(params)}", where)
-    for k in PARAM_FIELDS:
-        if k not in params:
-            raise RecordError(name, f"{fld}.{k}", "missing field", where)
-    for k in params:
-        if k not in PARAM_FIELDS:
-            # e.g. min_p or a repetition penalty: the sampler cannot replay what it lacks
-            raise RecordError(name, f"{fld}.{k}", "unknown sampling parameter", where)
+    # an unknown one (min_p, a repetition penalty): the sampler cannot replay what it lacks
+    _names(params, PARAM_FIELDS, "field", name, where, fld + ".", (),
+           "unknown sampling parameter")
     return SamplingParams(**params)
 
 
@@ -583,14 +574,17 @@ _PARQUET_COLUMNS = ("request_id", "prompt", "output", *PARAM_FIELDS, "max_tokens
 _JSON_COLUMNS = ("request", "meta")  # JSON strings; a null cell is an absent field
 
 
-def _names(have, expected, what: str, name: str, where: str | None) -> None:
-    # The record's fields or the file's columns: every expected one but the OPTIONAL, no other.
+def _names(have, expected, what: str, name: str, where: str | None, prefix: str = "",
+           optional=OPTIONAL, unknown: str | None = None) -> None:
+    # The record's fields, the file's columns, or (prefix "params.", "request.") the keys of one
+    # of its objects: every expected one but the optional, no other.
     for k in expected:
-        if k not in have and k not in OPTIONAL:
-            raise RecordError(name, k, f"missing {what}", where)
+        if k not in have and k not in optional:
+            raise RecordError(name, f"{prefix}{k}", f"missing {what}", where)
     for k in have:
         if k not in expected:
-            raise RecordError(name, k, f"unknown {what} (free-form data belongs in 'meta')", where)
+            raise RecordError(name, f"{prefix}{k}", unknown or f"unknown {what} (free-form "
+                              "data belongs in 'meta')", where)
 
 
 def _row_to_dict(cols: dict, i: int, loc: str) -> dict:
@@ -607,14 +601,6 @@ def _row_to_dict(cols: dict, i: int, loc: str) -> dict:
                 raise RecordError(record_name(d.get("request_id"), loc), k,
                                   f"is not a JSON string: {e}", loc) from e
     return d
-
-
-def __getattr__(name):
-    # records.read_jsonl lives in replay.jsonl (which imports this module)
-    if name == "read_jsonl":
-        from replay.jsonl import read_jsonl
-        return read_jsonl
-    raise AttributeError(f"module 'replay.records' has no attribute {name!r}")
 
 
 def _checked(records: list[Record]) -> list[Record]:

@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from replay.report import Report
+from replay.report import Report, failure_lines
 from replay.text import printable
 
 MAX_FAILURES = 20   # failing records listed per traffic source in report.md
@@ -53,19 +53,6 @@ def bound_rows(honest: Traffic, attacked: list[Traffic], tokens_per_day: float) 
     return rows
 
 
-def failures(report: Report, limit: int = MAX_FAILURES) -> list[str]:
-    """Plain-text lines for the records that did not pass: the reason, then the context."""
-    lines = []
-    bad = [r for r in report.records if r.verdict != "pass"]
-    for r in bad[:limit]:
-        lines.append(f"{r.verdict.upper()} {printable(str(r.request_id))}: {printable(r.reason)}")
-        if r.context_line():
-            lines.append(f"    {r.context_line()}")
-    if len(bad) > limit:
-        lines.append(f"... and {len(bad) - limit} more")
-    return lines
-
-
 def markdown(honest: Traffic, attacked: list[Traffic], rows: list[dict], plots: list[str],
              tokens_per_day: float) -> str:
     rep = honest.report
@@ -80,7 +67,7 @@ def markdown(honest: Traffic, attacked: list[Traffic], rows: list[dict], plots: 
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Channel: log2 V = {logV:.2f} bits per token."]
     for t in [honest] + list(attacked):
-        fl = failures(t.report)
+        fl = failure_lines(t.report.records, MAX_FAILURES)
         if fl:  # an indented code block: record text is shown, never interpreted
             lines += ["", f"## Failing records: {printable(t.label)}", ""]
             lines += ["    " + s for s in fl]

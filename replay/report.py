@@ -12,28 +12,12 @@ import dataclasses
 import json
 import math
 import os
-import unicodedata
 from dataclasses import dataclass, field
 
 import torch
 
 from replay.policy import Policy
-
-def printable(s) -> str:
-    """s on one line with nothing a terminal would act on: C0/C1 controls, DEL, format characters
-    (bidirectional overrides), line separators and lone surrogates become \\x.. / \\u..
-    escapes, and backslashes are doubled, so that a record's text (a request id with ANSI escapes)
-    cannot erase or reorder the lines around it, nor crash the print."""
-    out = []
-    for c in str(s):
-        if c == "\\":
-            out.append("\\\\")
-        elif unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
-            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
-        else:
-            out.append(c)
-    return "".join(out)
-
+from replay.text import Context, printable
 
 TOKEN_COLUMNS = ("request_id", "index", "position", "token", "choice", "exact", "logprob", "rank",
                  "in_top_k", "in_top_p", "margin", "kept", "gls", "verdict")
@@ -79,8 +63,6 @@ class RecordResult:
 
     def context_line(self) -> str | None:
         """The first failing token in its text, one printable line (None without text)."""
-        from replay.text import Context
-
         ctx = Context.of(self)
         return ctx.line() if ctx else None
 
@@ -348,12 +330,11 @@ def failure_lines(rows, max_lines: int) -> list[str]:
     """One summary line per row that did not pass (RecordResults, or mappings of their fields),
     followed by its first failure in context when the row has text (text.Context), at most
     max_lines of them, then how many more; record text escaped (printable)."""
-    from replay.text import Context
-
     bad = [r for r in rows if r["verdict"] != "pass"]
     lines = []
     for r in bad[:max_lines]:
-        lines.append(f"  {r['verdict'].upper():5s} {printable(r['request_id'])}: {printable(r['reason'])}")
+        lines.append(f"  {r['verdict'].upper():5s} {printable(r['request_id'])}: "
+                     f"{printable(r['reason'])}")
         ctx = Context.of(r)
         if ctx:
             lines.append(f"        {ctx.line()}")

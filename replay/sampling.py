@@ -43,13 +43,9 @@ import torch
 
 from replay import ops
 from replay._ext import C
+from replay.ops import _check  # the ops layer's argument check (sampling is part of that layer)
 
 _U64 = 1 << 64
-
-
-def _check(cond: bool, msg: str):
-    if not cond:
-        raise ValueError(msg)
 
 
 def _logits(logits) -> torch.Tensor:
@@ -159,17 +155,14 @@ def score(logits, temperature, top_k, top_p, seed, position, claimed) -> dict[st
     c = _per_row("claimed", claimed, M, torch.int64)
     _check(bool(((c >= 0) & (c < V)).all()), f"claimed: token ids must be in [0, {V})")
     dev = l.device
-    o = dict(choice=torch.empty(M, dtype=torch.int64, device=dev),
-             logprob=torch.empty(M, device=dev), rank=torch.empty(M, dtype=torch.int64, device=dev),
-             in_top_k=torch.empty(M, dtype=torch.bool, device=dev),
-             in_top_p=torch.empty(M, dtype=torch.bool, device=dev),
-             margin=torch.empty(M, device=dev), kept=torch.empty(M, dtype=torch.int64, device=dev))
+    o = {k: torch.empty(M, dtype=dt, device=dev) for k, dt in (  # in the kernel's argument order
+        ("choice", torch.int64), ("logprob", torch.float32), ("rank", torch.int64),
+        ("in_top_k", torch.bool), ("in_top_p", torch.bool), ("margin", torch.float32),
+        ("kept", torch.int64))}
     fn, extra = ops.sampler_kernel(l, score=True)
     rows = tuple(t.to(dev) for t in rows)
     c = c.to(dev)
-    fn(*_ptrs(l, rows), c.data_ptr(), o["choice"].data_ptr(), o["logprob"].data_ptr(),
-       o["rank"].data_ptr(), o["in_top_k"].data_ptr(), o["in_top_p"].data_ptr(),
-       o["margin"].data_ptr(), o["kept"].data_ptr(), **extra)
+    fn(*_ptrs(l, rows), c.data_ptr(), *(t.data_ptr() for t in o.values()), **extra)
     o["exact"] = o["choice"] == c
     return {k: o[k] for k in ("choice", "exact", "logprob", "rank", "in_top_k", "in_top_p",
                               "margin", "kept")}

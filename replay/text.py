@@ -153,26 +153,29 @@ class Context:
         return cls(lead[cut:], get("text_claimed"), get("text_choice"), cut)
 
 
-# Characters that must not reach a terminal raw: C0/C1 controls, DEL, and the bidirectional
-# overrides and isolates that reorder what is displayed (U+202A-202E, U+2066-2069).
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\"}
+# Characters that must not reach a terminal raw: C0/C1 controls (DEL too), the bidirectional
+# overrides and isolates that reorder what is displayed (U+202A-202E, U+2066-2069), line
+# separators, and lone surrogates (which would crash the print).
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 
 def _visible(c: str) -> str:
     if c in _NAMED:
         return _NAMED[c]
-    if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") or c == "\x7f":
+    if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
         o = ord(c)
         return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
     return c
 
 
-def printable(s: str) -> str:
-    """s on one line, every character that could move the cursor, change colours or reorder
-    the display escaped (\\n, \\t, \\x1b, \\u202e ...), and backslashes and quotes too."""
-    return "".join(_visible(c) for c in s)
+def printable(s) -> str:
+    """str(s) on one line with nothing a terminal would act on: every character that could move
+    the cursor, change colours, reorder the display or crash the print escaped (\\n, \\t,
+    \\x1b, \\u202e, \\udc80 ...), and backslashes doubled, so that a record's text (a request id
+    with ANSI escapes) cannot erase or reorder the lines around it."""
+    return "".join(_visible(c) for c in str(s))
 
 
 def quote(s: str) -> str:
-    """printable(s) in double quotes."""
-    return '"' + printable(s) + '"'
+    """printable(s) in double quotes (a quote inside escaped)."""
+    return '"' + printable(s).replace('"', '\\"') + '"'

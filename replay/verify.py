@@ -288,10 +288,10 @@ def verify(batch, model, policy: Policy | None = None, *, options: Options | Non
     mismatch = [bool(pol.single and here and r.stack and r.stack != here) for r in good]
     elsewhere = [r for r, m in zip(good, mismatch) if m]
     good = [r for r, m in zip(good, mismatch) if not m]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=sum(len(r.output) for r in good), desc="verify", unit="tok", leave=False)
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(len(r.output) for r in good), desc="verify", unit="tok", leave=False,
+               disable=not progress)
     kept: dict[str, list] = {}
     for where, logits in teacher_forced(model, good, opts):
         sc = scorer.score(logits, where, pol)
@@ -303,10 +303,8 @@ def verify(batch, model, policy: Policy | None = None, *, options: Options | Non
         if keep_logits:
             for p, row in zip(where, logits):
                 kept.setdefault(p.record.request_id, []).append(row)
-        if bar:
-            bar.update(len(where))
-    if bar:
-        bar.close()
+        bar.update(len(where))
+    bar.close()
     report.logits = {r.request_id: (torch.stack(kept[r.request_id]) if r.output
                                     else torch.empty(0, cfg.vocab_size))
                      for r in good} if keep_logits else {}

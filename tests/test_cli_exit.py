@@ -49,7 +49,7 @@ def test_exit_0_1_and_escaped_ids(logs):
     assert r.returncode == 1, r.stdout + r.stderr
     assert "\x1b" not in r.stdout and "\r" not in r.stdout
     assert "FAIL  c1: token 2" in r.stdout
-    assert "\\x1b[2K\\x0dOK c2 passes" in r.stdout  # shown, escaped, as what it is
+    assert "\\x1b[2K\\rOK c2 passes" in r.stdout  # shown, escaped, as what it is
 
 
 def test_no_key_warns_and_an_empty_key_is_an_error(logs, tmp_path):

@@ -190,7 +190,7 @@ def test_a_row_parquet_cannot_store_is_escaped(data, tmp_path):
     shard.write_text(json.dumps(dict(r.to_dict(), request_id="x\ud800")) + "\n")
     pack = [dict(it, ordinal=i) for i, it in enumerate(shard_items(str(shard), FP))]
     rows = verify_pack(model, pack, str(shard), Options())
-    # the line reader refuses the line (records.read_jsonl: one named error, keyed by file:line)
+    # the line reader refuses the line (jsonl.read_jsonl: one named error, keyed by file:line)
     assert [r["verdict"] for r in rows] == ["error"] and "surrogate" in rows[0]["reason"]
     # a result that holds one all the same is escaped by the row, not fatal to the pack's write
     from replay.fleet import _row

@@ -127,6 +127,12 @@ def _params(rng, M: int):
 VOCABS = [1, 2, 3, 17, 97, 256, 1000, 1025, 4097]
 
 
+def _case(V: int, kind: str, salt: int, M: int = 24):
+    """(rng, logits [M, V], per-row parameters) of one seeded random case."""
+    rng = np.random.default_rng(V * salt + len(kind))
+    return rng, _logits(rng, M, V, kind), _params(rng, M)
+
+
 def _ref_rows(fn, l, p, *extra):
     return [fn(l[m].numpy(), p["temperature"][m], int(p["top_k"][m]), p["top_p"][m], p["seed"][m],
                int(p["position"][m]), *(e[m] for e in extra)) for m in range(l.shape[0])]
@@ -135,9 +141,7 @@ def _ref_rows(fn, l, p, *extra):
 @pytest.mark.parametrize("V", VOCABS)
 @pytest.mark.parametrize("kind", ["normal", "ties", "wide"])
 def test_sample_matches_reference(V, kind):
-    rng = np.random.default_rng(V * 7 + len(kind))
-    M = 24
-    l, p = _logits(rng, M, V, kind), _params(rng, M)
+    _, l, p = _case(V, kind, 7)
     got = sampling.sample(l, **p)
     assert got.tolist() == _ref_rows(ref.sample, l, p)
 
@@ -145,9 +149,8 @@ def test_sample_matches_reference(V, kind):
 @pytest.mark.parametrize("V", [1, 3, 97, 1025, 4097])
 @pytest.mark.parametrize("kind", ["normal", "ties", "wide"])
 def test_score_matches_reference(V, kind):
-    rng = np.random.default_rng(V * 11 + len(kind))
-    M = 24
-    l, p = _logits(rng, M, V, kind), _params(rng, M)
+    rng, l, p = _case(V, kind, 11)
+    M = l.shape[0]
     choice = sampling.sample(l, **p)
     # claim the sampler's token, a near neighbour in the order, or a random one
     claimed = [int(choice[m]) if m % 3 == 0 else

@@ -71,7 +71,7 @@ def pages(walk):
 def test_report_md_and_html_show_the_forged_token(walk, pages):
     d, rid, j = walk
     md = (pages["forged"] / "report.md").read_text()
-    assert f"FAIL {rid}: token {j} " in md and f'claimed "{FORGED}"' in md
+    assert f"FAIL  {rid}: token {j} " in md and f'claimed "{FORGED}"' in md
     page = (pages["forged"] / "report.html").read_text()
     assert f"claimed <q>{html.escape(FORGED)}</q>" in page
     assert f'class="t da ff" data-r="t0-1" data-i="{j}">{html.escape(FORGED)}</span>' in page

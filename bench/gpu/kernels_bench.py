@@ -159,12 +159,37 @@ def _attn_point(ctx, kernel, g, B: int, L: int, heads: tuple, decode: bool):
     return t_r, t_o, t_s, float(diff)
 
 
+def _heads(ctx) -> tuple:
+    """(query heads, KV heads, head dim) of the attention sections: Llama-3.1-8B's, or small."""
+    return (4, 2, 16) if ctx.dry else (HQ, HKV, HEAD_DIM)
+
+
+def _attn_section(ctx, sec: Section, heads: tuple, grid, decode: bool, seed: int, row
+                  ) -> Section:
+    """sec's rows: row(B, L, *_attn_point(...)) at each (batch B, context L) of grid, until the
+    time budget is spent; skipped when the Triton kernel cannot be imported."""
+    attention, why = triton_op("attention", "attention")
+    if attention is None:
+        sec.skipped = why
+        return sec
+    g = torch.Generator(device=ctx.device).manual_seed(seed)
+    try:
+        for B, L in grid:
+            if ctx.budget.out():
+                sec.notes.append(f"Stopped at batch {B}, context {L}: time budget spent.")
+                return sec
+            sec.rows.append(row(B, L, *_attn_point(ctx, attention, g, B, L, heads, decode)))
+            ctx.free()
+    except Exception as e:
+        sec.fail(e)
+    return sec
+
+
 def bench_prefill(ctx) -> Section:
     sec = Section("prefill", "Attention prefill: replay vs torch SDPA (causal, GQA)",
                   ["context", "sequences", "replay TFLOP/s", "SDPA TFLOP/s", "replay/SDPA",
                    "ops.attention/SDPA", "max abs diff"])
-    heads = (4, 2, 16) if ctx.dry else (HQ, HKV, HEAD_DIM)
-    hq, hkv, d = heads
+    hq, hkv, d = heads = _heads(ctx)
     total = 48 if ctx.dry else 16384
     sec.notes.append(
         f"{ctx.dtype_name}, {hq} query heads, {hkv} KV heads, head dim {d}; sequences of one "
@@ -175,35 +200,21 @@ def bench_prefill(ctx) -> Section:
         "with the checks the model pays for (both planned once, as per forward). 'max abs "
         "diff': the kernel's output "
         "against SDPA's. Target: replay/SDPA >= 0.8x.")
-    attention, why = triton_op("attention", "attention")
-    if attention is None:
-        sec.skipped = why
-        return sec
     Ls = [16, 32] if ctx.dry else ([512, 2048, 8192] if ctx.quick else
                                    [512, 1024, 2048, 4096, 8192])
-    g = torch.Generator(device=ctx.device).manual_seed(1)
-    try:
-        for L in Ls:
-            if ctx.budget.out():
-                sec.notes.append(f"Stopped at context {L}: time budget spent.")
-                return sec
-            B = max(1, total // L)
-            t_r, t_o, t_s, diff = _attn_point(ctx, attention, g, B, L, heads, decode=False)
-            fl = 4.0 * B * hq * d * L * (L + 1) / 2
-            sec.rows.append([L, B, num(fl / t_r / 1e12), num(fl / t_s / 1e12), ratio(t_s, t_r),
-                             ratio(t_s, t_o), f"{diff:.2e}"])
-            ctx.free()
-    except Exception as e:
-        sec.fail(e)
-    return sec
+
+    def row(B, L, t_r, t_o, t_s, diff):
+        fl = 4.0 * B * hq * d * L * (L + 1) / 2
+        return [L, B, num(fl / t_r / 1e12), num(fl / t_s / 1e12), ratio(t_s, t_r),
+                ratio(t_s, t_o), f"{diff:.2e}"]
+    return _attn_section(ctx, sec, heads, [(max(1, total // L), L) for L in Ls], False, 1, row)
 
 
 def bench_decode(ctx) -> Section:
     sec = Section("decode", "Attention decode: replay vs torch SDPA (one query per sequence)",
                   ["batch", "context", "replay GB/s", "SDPA GB/s", "replay/SDPA",
                    "ops.attention/SDPA", "max abs diff"])
-    heads = (4, 2, 16) if ctx.dry else (HQ, HKV, HEAD_DIM)
-    hq, hkv, d = heads
+    hq, hkv, d = heads = _heads(ctx)
     cap = 1 << 22  # KV rows: 4M rows of 8 x 128 bf16 keys and values is 16 GiB
     sec.notes.append(
         f"{ctx.dtype_name}, {hq}/{hkv} heads, head dim {d}. Each sequence has `context` tokens in "
@@ -211,28 +222,16 @@ def bench_decode(ctx) -> Section:
         "cu_q = 0..B, pos0 = context - 1 (and again through replay.ops); SDPA runs on (B, H, 1, D) x (B, Hkv, context, D) views "
         "of the same buffers. GB/s = bytes of K and V read / time (decode is bandwidth-bound). "
         f"Points with batch x context > {cap:,} rows are left out (memory).")
-    attention, why = triton_op("attention", "attention")
-    if attention is None:
-        sec.skipped = why
-        return sec
     if ctx.dry:
         grid = [(1, 16), (3, 32)]
     else:
         bs = [1, 16, 256] if ctx.quick else [1, 4, 16, 64, 256]
         cs = [512, 4096, 32768] if ctx.quick else [512, 2048, 8192, 32768]
         grid = [(b, c) for b in bs for c in cs if b * c <= cap]
-    g = torch.Generator(device=ctx.device).manual_seed(2)
     esize = torch.tensor([], dtype=ctx.dtype).element_size()
-    try:
-        for B, L in grid:
-            if ctx.budget.out():
-                sec.notes.append(f"Stopped at batch {B}, context {L}: time budget spent.")
-                return sec
-            t_r, t_o, t_s, diff = _attn_point(ctx, attention, g, B, L, heads, decode=True)
-            nbytes = 2.0 * B * L * hkv * d * esize
-            sec.rows.append([B, L, num(nbytes / t_r / 1e9), num(nbytes / t_s / 1e9),
-                             ratio(t_s, t_r), ratio(t_s, t_o), f"{diff:.2e}"])
-            ctx.free()
-    except Exception as e:
-        sec.fail(e)
-    return sec
+
+    def row(B, L, t_r, t_o, t_s, diff):
+        nbytes = 2.0 * B * L * hkv * d * esize
+        return [B, L, num(nbytes / t_r / 1e9), num(nbytes / t_s / 1e9), ratio(t_s, t_r),
+                ratio(t_s, t_o), f"{diff:.2e}"]
+    return _attn_section(ctx, sec, heads, grid, True, 2, row)
