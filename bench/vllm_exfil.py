@@ -25,7 +25,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -161,8 +160,10 @@ def main():
            ("vllm-cpu", "plain"): stock_bound(model, stock_b, "vllm-cpu", plain)}
     res[("vllm-v1-cuda", "all")] = stock_bound(model, stock_b, "vllm-v1-cuda")
     plug = plugin_bound(model, Batch.read(paths[True]))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
+    sys.path.insert(0, HERE)
+    from common import commit as _commit, device
+
+    commit = _commit()
     rows = []
     for (name, part), r in res.items():
         label = {"vllm-cpu": "stock vllm-cpu / replay, tolerant, vllm-cpu sampler model",
@@ -197,7 +198,7 @@ def main():
                 f"{plug['fpr']:.1e} | {pct(plug['fraction'])} | {plug['fraction'] * TB:,.0f} |")
     lines = [
         "# The exfiltration bound on real vLLM traffic (vllm-cpu 0.32.0)", "",
-        f"- device: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+        f"- device: {device()} "
         f"(shared; load average {os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
         f"commit: {commit}; whole run {time.time() - t0:.0f} s",
