@@ -138,6 +138,7 @@ class PackedLinear:
         if w.stride(1) != 1:
             w = w.contiguous()
         self.N, self.K = w.shape
+        self._plain: dict[str, torch.Tensor] = {}  # plain(): unpacked copies by device
         self.data = torch.empty(-(-self.N // 16), self.K, 16, dtype=w.dtype)
         bf16 = w.dtype == torch.bfloat16
         if w.numel():
@@ -165,6 +166,15 @@ class PackedLinear:
         """The (N, K) weight, in the packed dtype."""
         row = self._panel_rows()
         return self.data[:, row, :].permute(0, 2, 1).reshape(-1, self.K)[: self.N]
+
+    def plain(self, device) -> torch.Tensor:
+        """The (N, K) float32 weight on `device`, unpacked on first use and then kept (a second
+        copy, made only when another backend than the replay CPU one runs a packed model: the
+        gather of unpack() would otherwise cost 10-15x the torch matmul on every call)."""
+        key = str(torch.device(device))
+        if key not in self._plain:
+            self._plain[key] = self.unpack().to(device, torch.float32)
+        return self._plain[key]
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Rows `idx` of the (N, K) weight, (len(idx), K) in the packed dtype: a gather from the
@@ -200,7 +210,7 @@ def linear(x: torch.Tensor, w: torch.Tensor | PackedLinear,
         _check(bias.shape[0] == w.shape[0], f"linear: bias has {bias.shape[0]} entries, w has "
                                             f"{w.shape[0]} rows")
     if packed and (_BACKEND != "replay" or not x.device.type == "cpu"):
-        w = w.unpack().to(x.device, torch.float32)  # the torch / triton backends take (N, K)
+        w = w.plain(x.device)  # the torch / triton backends take (N, K)
         packed = False
     if not _use_native(x, w if not packed else x):
         return F.linear(x, w, bias)

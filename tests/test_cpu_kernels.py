@@ -139,8 +139,11 @@ def test_packed_linear_is_the_plain_linear():
         pb = ops.pack_linear(wb)
         assert pb.data.dtype == torch.bfloat16 and torch.equal(pb.unpack(), wb)
         assert torch.equal(ops.linear(x, pb, b), ops.linear(x, wb.float(), b))
-        with ops.backend("torch"):  # the other backends unpack
-            assert torch.allclose(ops.linear(x, p, b), ops.linear(x, w, b), rtol=1e-5, atol=1e-5)
+        with ops.backend("torch"):  # the other backends unpack, once per device
+            assert torch.equal(ops.linear(x, p, b), ops.linear(x, w, b))
+            assert torch.equal(ops.linear(x, pb, b), ops.linear(x, wb.float(), b))
+            assert p.plain("cpu") is p.plain(torch.device("cpu"))  # kept, not unpacked per call
+            assert p.plain("cpu").dtype == pb.plain("cpu").dtype == torch.float32
         idx = torch.tensor([N - 1, 0, N // 2, N - 1])  # rows read back from the panels
         assert torch.equal(p.rows(idx), w[idx]) and torch.equal(pb.rows(idx), wb[idx])
     with pytest.raises(ValueError, match=r"rows: indices must be 1-D in \[0, 130\)"):
