@@ -119,6 +119,7 @@ def save_hf(path: str, arch: str = "llama", seed: int = 0, **kw) -> str:
                tie_word_embeddings=False, bos_token_id=1, eos_token_id=0, pad_token_id=0)
     cfg.update(kw)
     cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+           "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
            "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
     torch.manual_seed(seed)
     model = cls[1](cls[0](**cfg)).float()

@@ -72,6 +72,7 @@ def main(argv=None) -> int:
                     help="plain: no top-k / top-p")
     ap.add_argument("--max-tokens", type=int, default=None,
                     help="max_tokens of every request (default: 8, 24 or 48)")
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped tiny one)")
     ap.add_argument("--timing", action="store_true",
                     help="also report the CPU seconds of generate() over this process and "
                          "vLLM's child processes")
@@ -83,9 +84,10 @@ def main(argv=None) -> int:
     from replay.model import Model
     from replay.records import Batch, Record, SamplingParams
 
-    ident = Model.from_pretrained(replay.TINY_MODEL).identity
+    path = a.model or replay.TINY_MODEL
+    ident = Model.from_pretrained(path).identity
     chunked = not a.no_chunked_prefill
-    llm = LLM(model=replay.TINY_MODEL, dtype="float32", gpu_memory_utilization=0.1,
+    llm = LLM(model=path, dtype="float32", gpu_memory_utilization=0.1,
               max_model_len=1024, max_num_batched_tokens=a.budget if chunked else 1024,
               max_num_seqs=16, enable_chunked_prefill=chunked, enable_prefix_caching=True,
               block_size=128, skip_tokenizer_init=True, seed=0)

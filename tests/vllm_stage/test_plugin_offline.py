@@ -124,3 +124,29 @@ def test_plugin_off_matching_sampler_model(stock_run, model):
                           r.stop_token_ids, r.model, r.meta))
     rep = score_stock(bad, model, Policy.tolerant(), sampler="vllm-cpu")
     assert all(x["verdict"] == "fail" for x in rep.records)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_plugin_on_qwen_families_is_replay_exact(arch, tmp_path):
+    """The plugin's other families: a random Qwen2 checkpoint (q/k/v biases) and a Qwen3 one
+    (q/k RMSNorms), chunked prefill and prefix caching on: every record verifies exact and
+    vLLM's logprobs equal the verifier's rows bit for bit."""
+    sys.path.insert(0, os.path.dirname(HERE))
+    from helpers import save_hf
+
+    path = save_hf(str(tmp_path / arch), arch, seed=3, vocab_size=4096, hidden_size=256,
+                   intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
+                   head_dim=64, max_position_embeddings=2048, initializer_range=0.05)
+    out = str(tmp_path / "records.jsonl")
+    p = subprocess.run([sys.executable, os.path.join(HERE, "offline.py"), "--out", out,
+                        "--requests", "12", "--model", path],
+                       env=dict(os.environ, REPLAY_VLLM="1"), capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    batch = Batch.read(out)
+    m = Model.from_pretrained(path)
+    assert m.cfg.arch == arch and len(batch) == 12 and not batch.errors
+    rep = verify(batch, model=m, policy=Policy.exact(), keep_logits=True)
+    assert rep.ok and all(rep.tokens["exact"]) and rep.n_tokens > 100
+    eq, tot = _logprob_rows(batch, rep)
+    assert eq == tot
