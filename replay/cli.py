@@ -242,6 +242,9 @@ def cmd_verify(a) -> int:
     from replay.records import Batch
     from replay.verify import verify
 
+    if a.sampler and not a.engine:
+        raise UsageError("--sampler needs --engine vllm (replay's own records name their "
+                         "sampler)")
     if a.engine:
         report = _verify_stock(a)
     elif a.ray:
@@ -515,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "folder's name)")
     lg.add_argument("--sampler", default="replay",
                     help="what the upstream samples with, kept in each record's meta.sampler: "
-                         "replay (the plugin), vllm-cpu, vllm-v1-cuda, vllm-mrv2")
+                         "replay (the plugin), " + ", ".join(STOCK_SAMPLERS))
     lg.add_argument("--max-tokens", type=int, default=256, help="when a request sets none")
     lg.add_argument("--timeout", type=float, default=600.0, help="seconds per upstream response")
     lg.add_argument("--chat-template", help="Jinja template file for chat messages (default: a "

@@ -23,9 +23,9 @@ Features replay cannot replay (penalties, logit bias, min_p, n > 1, stop strings
 refused with a 400 that names the field.
 
 Records are written to shards in `out` (JSONL, one or more records each) with an atomic rename
-after fsync, before the response is acknowledged: the client's complete response (the JSON body,
-or a stream's final [DONE]) is only sent once its record is durable, so every acknowledged
-response has exactly one record. Upstream errors and timeouts, a stream cut short and a client
+after fsync, before the response is acknowledged: the client's response (the JSON body, or every
+chunk of a stream: the logger holds them until then) is only sent once its record is durable, so
+every acknowledged response has exactly one record and no client sees a token no record holds. Upstream errors and timeouts, a stream cut short and a client
 that disconnects produce no record and a line in out/errors.log. Temporary files of a killed
 logger are never acknowledged and are removed when it starts again.
 """
@@ -220,7 +220,9 @@ def plan(cfg: Config, tok, body: dict, chat: bool) -> Job:
     stream = bool(body.get("stream", False))
     up = {"model": cfg.served_model, "prompt": prompt, "max_tokens": mt, "temperature": T,
           "top_p": top_p, "top_k": top_k, "seed": seed - (1 << 64) if seed >= 1 << 63 else seed,
-          "stop_token_ids": stops, "ignore_eos": ignore_eos, "return_token_ids": True,
+          # the record's stop set, not only the client's: vLLM would add its own EOS (from
+          # generation_config.json), the logger's may also hold config.json's; one set for both
+          "stop_token_ids": record_stops, "ignore_eos": ignore_eos, "return_token_ids": True,
           "stream": stream, "skip_special_tokens": True}
     if stream:
         up["stream_options"] = {"include_usage": False}
@@ -332,9 +334,11 @@ class Logger:
         with open(self.errors_path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
-    def _record(self, job: Job, output: list[int], finish: str | None, upstream_id) -> Record:
+    def _record(self, job: Job, output: list[int], finish: str) -> Record:
+        # nothing the server chose but the output and its finish reason ("stop" or "length",
+        # checked): an upstream id or error text in a record would be a channel of its own
         meta = {"engine": "vllm", "sampler": self.cfg.sampler, "finish_reason": finish,
-                "upstream_id": upstream_id, "logger": "replay logger"}
+                "logger": "replay logger"}
         # request: the logger's own copy of what the client asked for (a seed key requires it)
         return Record(job.request_id, job.prompt, output, job.params, job.max_tokens,
                       job.stop_token_ids, self.cfg.identity, meta,
@@ -362,10 +366,11 @@ class Logger:
             return JSONResponse(_error("upstream", "the inference server did not answer"),
                                 status_code=502)
         if r.status_code != 200:
+            # the server's status and text go to errors.log only: passed to the client they
+            # would carry what the verifier never sees
             self.error(job, "upstream", f"HTTP {r.status_code}: {r.text[:500]}")
-            return JSONResponse(_error("upstream", f"the inference server answered "
-                                                   f"{r.status_code}: {r.text[:300]}"),
-                                status_code=502 if r.status_code >= 500 else r.status_code)
+            return JSONResponse(_error("upstream", "the inference server failed"),
+                                status_code=502)
         try:
             d = r.json()
             ch = d["choices"][0]
@@ -373,12 +378,11 @@ class Logger:
             output, finish = list(ch["token_ids"]), ch.get("finish_reason")
             if finish not in ("stop", "length"):
                 raise Refused("finish_reason", f"{finish!r}: the response did not complete")
-            rec = self._record(job, output, finish, d.get("id"))
+            rec = self._record(job, output, finish)
             await self.writer.commit(rec)
         except (Refused, KeyError, IndexError, TypeError, ValueError) as e:
             self.error(job, "upstream-response", f"{type(e).__name__}: {e}")
-            return JSONResponse(_error("upstream", f"unusable upstream response: {e}"),
-                                status_code=502)
+            return JSONResponse(_error("upstream", _unusable(e)), status_code=502)
         except OSError as e:  # the record could not be made durable: no acknowledgement
             self.error(job, "shard", f"{type(e).__name__}: {e}")
             return JSONResponse(_error("logger", "the record could not be written"),
@@ -417,10 +421,12 @@ class Logger:
     # -- streaming ---------------------------------------------------------------------------
 
     async def _stream(self, job: Job, request):
-        """Server-sent events: each upstream chunk re-emitted with the logger's text; the final
-        [DONE] only after the record is durable. A failure anywhere: no record, no [DONE]."""
+        """Server-sent events: the upstream chunks re-emitted with the logger's text, held back
+        until the record is durable and then sent. A failure before that: no record, and the
+        client has received no token (a server that streamed tokens and then aborted would
+        otherwise have delivered tokens no record holds, so that no verifier checks them)."""
         httpx = self._httpx
-        det, output, finish, up_id, first = Detokenizer(self.tok), [], None, None, True
+        det, output, finish, first, held = Detokenizer(self.tok), [], None, True, []
         try:
             async with self.client.stream("POST", "/v1/completions", json=job.upstream) as r:
                 if r.status_code != 200:
@@ -435,7 +441,6 @@ class Logger:
                     d = json.loads(data)
                     if "error" in d and not d.get("choices"):
                         raise Refused("upstream", f"stream error: {d['error']}")
-                    up_id = d.get("id", up_id)
                     for ch in d.get("choices", []):
                         self._check_choice(job, ch, final=False)
                         ids = list(ch.get("token_ids") or [])
@@ -445,23 +450,36 @@ class Logger:
                         if delta or first or ids:
                             body = self._body(job, delta, ids, None, final=False, first=first)
                             first = False
-                            yield f"data: {json.dumps(body)}\n\n"
+                            held.append(f"data: {json.dumps(body)}\n\n")
             if finish not in ("stop", "length"):
                 raise Refused("finish_reason", f"{finish!r}: the stream ended before the "
                                                "response completed")
-            await self.writer.commit(self._record(job, output, finish, up_id))
-        except asyncio.CancelledError:  # the client went away: nothing acknowledged
+            await self.writer.commit(self._record(job, output, finish))
+        except asyncio.CancelledError:  # the client went away: nothing was sent, no record
             self.error(job, "client-disconnect", "the client closed the stream")
             raise
         except (httpx.HTTPError, Refused, ValueError, KeyError, TypeError, OSError) as e:
             self.error(job, "upstream-stream", f"{type(e).__name__}: {e}")
-            err = _error("upstream", f"the response could not be completed: {e}")
-            yield f"data: {json.dumps(err)}\n\n"
+            yield f"data: {json.dumps(_error('upstream', _unusable(e)))}\n\n"
             return
         self.stats["records"] += 1
-        tail = det.text()[len(det.sent):]
-        yield f"data: {json.dumps(self._body(job, tail, [], finish, final=True))}\n\n"
-        yield "data: [DONE]\n\n"
+        try:
+            for chunk in held:
+                yield chunk
+            tail = det.text()[len(det.sent):]
+            yield f"data: {json.dumps(self._body(job, tail, [], finish, final=True))}\n\n"
+            yield "data: [DONE]\n\n"
+        except asyncio.CancelledError:  # after the record: the client saw part of a checked output
+            self.error(job, "client-disconnect", "the client closed the stream after its record "
+                                                 "was written")
+            raise
+
+
+def _unusable(e: Exception) -> str:
+    """What the client learns of an upstream failure: the logger's own words and field name,
+    never the server's text (errors.log has that)."""
+    where = f" (field {e.field})" if isinstance(e, Refused) and e.field != "upstream" else ""
+    return f"the inference server's response could not be used{where}"
 
 
 def _error(field_: str, message: str) -> dict:

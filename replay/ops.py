@@ -138,7 +138,7 @@ class PackedLinear:
         if w.stride(1) != 1:
             w = w.contiguous()
         self.N, self.K = w.shape
-        self._plain: dict[str, torch.Tensor] = {}  # plain(): unpacked copies by device
+        self._plain: dict[str, tuple] = {}  # plain(): unpacked copies by device
         self.data = torch.empty(-(-self.N // 16), self.K, 16, dtype=w.dtype)
         bf16 = w.dtype == torch.bfloat16
         if w.numel():
@@ -168,13 +168,15 @@ class PackedLinear:
         return self.data[:, row, :].permute(0, 2, 1).reshape(-1, self.K)[: self.N]
 
     def plain(self, device) -> torch.Tensor:
-        """The (N, K) float32 weight on `device`, unpacked on first use and then kept (a second
-        copy, made only when another backend than the replay CPU one runs a packed model: the
-        gather of unpack() would otherwise cost 10-15x the torch matmul on every call)."""
+        """The (N, K) float32 weight on `device`, unpacked on first use and then kept, while the
+        panels stay unchanged (a second float32 copy for the model's life, made only when a
+        backend other than the replay CPU one runs a packed model: the gather of unpack() would
+        otherwise cost 10-15x the torch matmul on every call)."""
         key = str(torch.device(device))
-        if key not in self._plain:
-            self._plain[key] = self.unpack().to(device, torch.float32)
-        return self._plain[key]
+        version = (self.data.data_ptr(), tensor_version(self.data))
+        if key not in self._plain or self._plain[key][0] != version:
+            self._plain[key] = (version, self.unpack().to(device, torch.float32))
+        return self._plain[key][1]
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Rows `idx` of the (N, K) weight, (len(idx), K) in the packed dtype: a gather from the
@@ -186,6 +188,15 @@ class PackedLinear:
 
     def __repr__(self):
         return f"PackedLinear(N={self.N}, K={self.K}, dtype={self.dtype})"
+
+
+def tensor_version(t: torch.Tensor) -> int | None:
+    """t's in-place version counter (None for an inference-mode tensor, which has none and
+    cannot be changed in place outside inference mode)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 def pack_linear(w: torch.Tensor) -> PackedLinear:
@@ -507,13 +518,13 @@ def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tenso
            "paged_attention: k_pages and v_pages need one layout with D contiguous")
     T, Hq, D = q.shape
     N, Hkv, P, Dk = k_pages.shape
-    _check(Dk == D and Hq % Hkv == 0, f"paged_attention: q is {tuple(q.shape)}, pages "
-                                      f"{tuple(k_pages.shape)}")
+    _check(Dk == D and Hkv > 0 and Hq % Hkv == 0, f"paged_attention: q is {tuple(q.shape)}, "
+                                                  f"pages {tuple(k_pages.shape)}")
     _check(P % 64 == 0, f"paged_attention: page size {P} is not a multiple of 64")
     cu_q, pos0, bt = _i64("cu_q", cu_q), _i64("pos0", pos0), _i64("block_table", block_table)
     S = pos0.shape[0]
     _check(cu_q.shape == (S + 1,) and bt.dim() == 2 and bt.shape[0] >= S,
-           "paged_attention: cu_q must have S+1 entries and block_table S rows")
+           "paged_attention: cu_q must have S+1 entries and block_table at least S rows")
     _check(q.device.type == "cpu" and _BACKEND == "replay",
            "paged_attention: replay's CPU kernels only (the replay backend)")
     # every page a query reads must be one of k_pages (the kernel does not bound its reads)
@@ -521,6 +532,9 @@ def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tenso
     _check(int(cu_q[0]) == 0 and int(cu_q[-1]) == T and bool((lens >= 0).all())
            and bool((pos0 >= 0).all()), "paged_attention: cu_q must rise from 0 to T and pos0 "
                                         "be >= 0")
+    cap = bt.shape[1] * P  # positions a block_table row can name (bounded first: no overflow)
+    _check(bool((pos0 <= cap).all()) and bool((lens <= cap - pos0).all()),
+           "paged_attention: a sequence reads past its block_table row")
     need = (pos0 + lens + P - 1) // P  # pages of each sequence up to its last query
     _check(S == 0 or int(need.max()) <= bt.shape[1], "paged_attention: a sequence reads past its "
                                                     "block_table row")

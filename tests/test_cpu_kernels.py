@@ -143,6 +143,10 @@ def test_packed_linear_is_the_plain_linear():
             assert torch.equal(ops.linear(x, p, b), ops.linear(x, w, b))
             assert torch.equal(ops.linear(x, pb, b), ops.linear(x, wb.float(), b))
             assert p.plain("cpu") is p.plain(torch.device("cpu"))  # kept, not unpacked per call
+            if M == 7:  # panels changed in place: unpacked again, never a stale copy
+                p.data.mul_(2)
+                assert torch.equal(ops.linear(x, p, b), ops.linear(x, 2 * w, b))
+                p.data.div_(2)
             assert p.plain("cpu").dtype == pb.plain("cpu").dtype == torch.float32
         idx = torch.tensor([N - 1, 0, N // 2, N - 1])  # rows read back from the panels
         assert torch.equal(p.rows(idx), w[idx]) and torch.equal(pb.rows(idx), wb[idx])

@@ -89,3 +89,5 @@ def test_paged_rejects_pages_outside_the_cache():
     ops.paged_attention(q, kp, vp, cu, pos0, bad, 0.1)
     with pytest.raises(ValueError, match="block_table row"):
         ops.paged_attention(q, kp, vp, cu, pos0, bt[:, :2], 0.1)
+    with pytest.raises(ValueError, match="block_table row"):  # no int64 wrap-around past it
+        ops.paged_attention(q, kp, vp, cu, torch.tensor([2**63 - 10, 0]), bt, 0.1)

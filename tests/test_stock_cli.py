@@ -159,3 +159,5 @@ def test_sampler_option_picks_the_deployments_model(tiny, tmp_path):
     assert c["exact_tokens"] < 0.8 * c["tokens"], c
     r = _replay("verify", "--engine", "openai", "--sampler", "vllm-cpu", log)
     assert r.returncode == 2 and "--sampler is for --engine vllm" in r.stderr
+    r = _replay("verify", "--sampler", "vllm-cpu", log)
+    assert r.returncode == 2 and "--sampler needs --engine vllm" in r.stderr

@@ -62,15 +62,21 @@ def _linear(x: torch.Tensor, w, bias: torch.Tensor | None) -> torch.Tensor:
 
 
 def _keep_weight(self, layer):
-    # vLLM would pack the weight for oneDNN; replay packs it once for its own matmul (the same
-    # bits as the unpacked weight). layer.weight stays: the embedding lookup of a tied LM head
-    # reads its rows.
+    # vLLM would pack the weight for oneDNN; replay's matmul reads its own packing (_apply)
     layer.weight.data = layer.weight.data.contiguous()
-    layer.replay_weight = ops.pack_linear(layer.weight.data)
 
 
 def _apply(self, layer, x, bias=None):
-    return _linear(x, getattr(layer, "replay_weight", layer.weight), bias)
+    # packed on first use (an input embedding that is never a matmul is never packed), again if
+    # the weight is changed in place (vLLM's weight reloads); the same bits as the plain weight.
+    # layer.weight stays: the embedding lookup of a tied LM head reads its rows.
+    w = layer.weight.data
+    packed = getattr(layer, "replay_weight", None)
+    of = (w.data_ptr(), ops.tensor_version(w))
+    if packed is None or layer.replay_weight_of != of:
+        packed = layer.replay_weight = ops.pack_linear(w)
+        layer.replay_weight_of = of
+    return _linear(x, packed, bias)
 
 
 def _linears():

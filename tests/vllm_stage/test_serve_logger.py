@@ -198,6 +198,9 @@ def test_logger_records_every_acknowledged_response(stack):
         return await task
     late = asyncio.run(kill_mid_run())
     assert not any(kind == "ack" for kind, _ in late)
+    # and none of them got a token: the logger holds a stream's chunks until its record is
+    # durable, so a server that streams and then aborts has delivered nothing unrecorded
+    assert not [rid for _, rid in late if isinstance(rid, str) and rid.startswith("cmpl-")], late
 
     out = stack["out"]
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
@@ -210,7 +213,7 @@ def test_logger_records_every_acknowledged_response(stack):
     assert len(set(ids) - set(acked)) <= len(failed) + DROPS
     errors = [json.loads(x) for x in open(os.path.join(out, "errors.log"))]
     kinds = {e["kind"] for e in errors}
-    assert "client-disconnect" in kinds and "upstream-stream" in kinds
+    assert "upstream-stream" in kinds
 
     model = Model.from_pretrained(replay.TINY_MODEL)
     rep = verify(batch, model=model, policy=Policy.exact(), seed_key=KEY.encode())
