@@ -25,9 +25,12 @@ refused with a 400 that names the field.
 Records are written to shards in `out` (JSONL, one or more records each) with an atomic rename
 after fsync, before the response is acknowledged: the client's response (the JSON body, or every
 chunk of a stream: the logger holds them until then) is only sent once its record is durable, so
-every acknowledged response has exactly one record and no client sees a token no record holds. Upstream errors and timeouts, a stream cut short and a client
-that disconnects produce no record and a line in out/errors.log. Temporary files of a killed
-logger are never acknowledged and are removed when it starts again.
+every acknowledged response has exactly one record and no client sees a token no record holds.
+Upstream errors and timeouts, a stream cut short and a client that disconnects before its record
+is written produce no record and a line in out/errors.log; the client is told a fixed message,
+never the server's text. Temporary files of a killed logger are never acknowledged and are
+removed when it starts again. Left to the server: whether a response fails (a bit a request,
+as with any refusal) and when.
 """
 
 import asyncio
