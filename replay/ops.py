@@ -173,9 +173,9 @@ class PackedLinear:
         backend other than the replay CPU one runs a packed model: the gather of unpack() would
         otherwise cost 10-15x the torch matmul on every call)."""
         key = str(torch.device(device))
-        version = (self.data.data_ptr(), tensor_version(self.data))
-        if key not in self._plain or self._plain[key][0] != version:
-            self._plain[key] = (version, self.unpack().to(device, torch.float32))
+        stamp = tensor_stamp(self.data)
+        if key not in self._plain or self._plain[key][0] != stamp:
+            self._plain[key] = (stamp, self.unpack().to(device, torch.float32))
         return self._plain[key][1]
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
@@ -190,13 +190,15 @@ class PackedLinear:
         return f"PackedLinear(N={self.N}, K={self.K}, dtype={self.dtype})"
 
 
-def tensor_version(t: torch.Tensor) -> int | None:
-    """t's in-place version counter (None for an inference-mode tensor, which has none and
-    cannot be changed in place outside inference mode)."""
+def tensor_stamp(t: torch.Tensor) -> tuple[int, int | None]:
+    """(storage address, in-place version counter) of t: it changes when t is written in place
+    or replaced, so a copy derived from t can tell it is stale. The version is None for an
+    inference-mode tensor, which has none and cannot be changed in place outside inference
+    mode."""
     try:
-        return t._version
+        return t.data_ptr(), t._version
     except RuntimeError:
-        return None
+        return t.data_ptr(), None
 
 
 def pack_linear(w: torch.Tensor) -> PackedLinear:
@@ -535,9 +537,7 @@ def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tenso
     cap = bt.shape[1] * P  # positions a block_table row can name (bounded first: no overflow)
     _check(bool((pos0 <= cap).all()) and bool((lens <= cap - pos0).all()),
            "paged_attention: a sequence reads past its block_table row")
-    need = (pos0 + lens + P - 1) // P  # pages of each sequence up to its last query
-    _check(S == 0 or int(need.max()) <= bt.shape[1], "paged_attention: a sequence reads past its "
-                                                    "block_table row")
+    need = (pos0 + lens + P - 1) // P  # pages of each sequence up to its last query (<= cap/P)
     used = bt[:S][torch.arange(bt.shape[1])[None, :] < need[:, None]]
     _check(bool(((used >= 0) & (used < N)).all()), f"paged_attention: block_table names a page "
                                                    f"outside k_pages' {N}")

@@ -72,7 +72,7 @@ def _apply(self, layer, x, bias=None):
     # layer.weight stays: the embedding lookup of a tied LM head reads its rows.
     w = layer.weight.data
     packed = getattr(layer, "replay_weight", None)
-    of = (w.data_ptr(), ops.tensor_version(w))
+    of = ops.tensor_stamp(w)
     if packed is None or layer.replay_weight_of != of:
         packed = layer.replay_weight = ops.pack_linear(w)
         layer.replay_weight_of = of
