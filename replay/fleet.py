@@ -9,7 +9,7 @@ runs replay.verify on a pack and writes its result rows to out/parts/ -> the dri
 the parts into out/records.parquet.
 
 Why every input record gets exactly one result row, and never a stale one:
-- Each input item has a key: the digest (replay.verify.digest, an injective encoding) of the run's
+- Each input item has a key: the digest (replay.records.digest, an injective encoding) of the run's
   settings fingerprint (Options.fingerprint: replay's version, the model identity, the kernel
   stack, the policy, check_model, the seed key's HMAC fingerprint), the shard path, the record's
   whole content (or, for a line or file that could not be read, its location and error), and how
@@ -38,9 +38,15 @@ import os
 import time
 from dataclasses import dataclass
 
-from replay.records import Batch, Record, RecordError, list_shards
+from typing import TYPE_CHECKING
+
+from replay.records import Batch, Record, RecordError, cost, digest, list_shards, packs
 from replay.report import COLUMNS, RecordResult, failure_lines
-from replay.verify import Options, cost, digest, packs, verify
+
+# replay.verify (and with it torch and the model) is imported where a pack is verified: Ray's
+# reader worker imports this module to run _Reader, and reading and packing need neither
+if TYPE_CHECKING:
+    from replay.verify import Options
 
 ROW_COLUMNS = ("key", "shard", "ordinal") + COLUMNS
 
@@ -82,7 +88,7 @@ def shard_items(path: str, fingerprint: str) -> list[dict]:
 
 
 def pack_items(items: list[dict], token_budget: int) -> list[list[dict]]:
-    """replay.verify.packs over shard items (an error item costs nothing)."""
+    """replay.records.packs (the verifier's packer) over shard items (an error item costs 0)."""
     return list(packs(items, token_budget, cost=lambda it: it["cost"]))
 
 
@@ -173,6 +179,8 @@ def model_identity(spec, device: str = "cpu") -> tuple[str, str]:
 
 def verify_pack(model, pack: list[dict], shard: str, options: Options) -> list[dict]:
     """Result rows (ROW_COLUMNS) of one pack, one per item, in the pack's order."""
+    from replay.verify import verify
+
     recs, by_rid, rows = [], {}, {}
     for it in pack:
         if "error" in it:
@@ -377,6 +385,8 @@ def verify_fleet(shards, model, out: str, address: str = "local", workers: int |
     from replay.extras import need
 
     ray = need("ray", "ray", "fleet verification (--ray)")
+    from replay.verify import Options
+
     opts = Options.of(options, policy, **settings)
     shards = list(dict.fromkeys(list_shards(shards)))  # a shard named twice is read once
     for d in ("parts", "shards", "workers"):

@@ -23,7 +23,7 @@ import os
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 SEED_LIMIT = 2**64  # seeds are uint64: the Philox key is two 32-bit words
 INT64_LIMIT = 2**63  # token ids, top_k and max_tokens are stored as Parquet int64
@@ -382,6 +382,35 @@ def derive_seed(key: bytes, request_id: str) -> int:
     that."""
     digest = hmac.new(key, request_id.encode("utf-8"), hashlib.sha256).digest()
     return int.from_bytes(digest[:8], "big")
+
+
+def digest(*parts) -> str:
+    """SHA-256 (32 hex digits) of the JSON encoding of `parts` (JSON-serialisable values). The
+    encoding is injective (strings are quoted and escaped, lone surrogates too), so different
+    tuples never share a digest short of a SHA-256 collision: unlike "a#b" + "c" and "a" +
+    "b#c", which join to the same string."""
+    s = json.dumps(parts, ensure_ascii=True, sort_keys=True, separators=(",", ":"),
+                   allow_nan=False)
+    return hashlib.sha256(s.encode("ascii")).hexdigest()[:32]
+
+
+def cost(record: Record) -> int:
+    """Teacher-forced tokens of a record: prompt + output - 1 (none without an output)."""
+    return len(record.prompt) + len(record.output) - 1 if record.output else 0
+
+
+def packs(items: Iterable, token_budget: int, cost: Callable = cost) -> Iterator[list]:
+    """Consecutive groups whose cost fits the budget (a costlier item alone), in order."""
+    pack, used = [], 0
+    for it in items:
+        n = cost(it)
+        if pack and used + n > token_budget:
+            yield pack
+            pack, used = [], 0
+        pack.append(it)
+        used += n
+    if pack:
+        yield pack
 
 
 class Batch:

@@ -13,11 +13,16 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
-from replay.policy import Policy
 from replay.text import Context, printable
+
+# torch and the policy are imported where they are used: the fleet's reader and the watcher build
+# and read result rows in processes that load no model (tests/test_architecture.py)
+if TYPE_CHECKING:
+    import torch
+
+    from replay.policy import Policy
 
 TOKEN_COLUMNS = ("request_id", "index", "position", "token", "choice", "exact", "logprob", "rank",
                  "in_top_k", "in_top_p", "margin", "kept", "gls", "verdict")
@@ -172,6 +177,8 @@ class Report:
     def rows(self, records) -> tuple[torch.Tensor, list]:
         """The kept logits rows [n_tokens, V], in the token table's order, and each token's
         SamplingParams (records: the verified records). Needs verify(..., keep_logits=True)."""
+        import torch
+
         by_id = {r.request_id: r for r in records}
         ids = self.tokens["request_id"]
         logits = (torch.cat([self.logits[rid] for rid in dict.fromkeys(ids)]) if ids
@@ -237,6 +244,8 @@ class Report:
         """A report folder that write() made, as it was (no logits: no sweep, no bound)."""
         import pandas as pd
 
+        from replay.policy import Policy
+
         with open(os.path.join(out_dir, "report.json")) as f:
             d = json.load(f)
         names = set(COLUMNS)
@@ -286,6 +295,8 @@ class Report:
         if self.logits and records is not None and not self.n_tokens:
             out.append(plots.sweep_plot({}, os.path.join(out_dir, "sweep.png")))
         elif self.logits and records is not None:
+            import torch
+
             from replay import bound
 
             logits, params = self.rows(records)
@@ -342,6 +353,8 @@ def failure_lines(rows, max_lines: int) -> list[str]:
 
 
 def _json_default(o):
+    import torch
+
     if isinstance(o, torch.Tensor):
         return o.tolist()
     if isinstance(o, float) and math.isinf(o):

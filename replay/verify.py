@@ -6,7 +6,8 @@ score_stock, the attackers' receiver and bench/exfil.py all run.
     report = verify(batch, model, options=opts, scorer=ExponentialRace())   # a stock engine
 
 validate (Batch.validate: a bad record is one error row, never the others' loss) -> pack
-(`packs`, by a token budget) -> forward (`teacher_forced`: one pass per pack, yielding Positions
+(`packs`, by a token budget; it lives in replay.records, plain data, so that the fleet's reader
+packs without loading torch) -> forward (`teacher_forced`: one pass per pack, yielding Positions
 with their logits rows chunk by chunk, so [tokens, vocab] logits are never held for a pack) ->
 score (a `Scorer`) -> verdicts (the Policy) -> Report (the token table, one RecordResult per
 input record). This module never imports the engine: it shares only the model, the sampler and
@@ -18,13 +19,12 @@ import dataclasses
 import hashlib
 import hmac
 import importlib
-import json
 import sys
 import time
 import types
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, NamedTuple, Protocol, Sequence
+from typing import Iterator, NamedTuple, Protocol, Sequence
 
 import torch
 
@@ -32,7 +32,7 @@ from replay import sampling
 from replay import scores as S
 from replay.model import Varlen
 from replay.policy import Policy, gls
-from replay.records import Batch, Record, SamplingParams, derive_seed
+from replay.records import Batch, Record, SamplingParams, derive_seed, digest, packs
 from replay.report import Report
 
 
@@ -95,16 +95,6 @@ class Options:
         return dataclasses.replace(options or cls(), **settings)
 
 
-def digest(*parts) -> str:
-    """SHA-256 (32 hex digits) of the JSON encoding of `parts` (JSON-serialisable values). The
-    encoding is injective (strings are quoted and escaped, lone surrogates too), so different
-    tuples never share a digest short of a SHA-256 collision: unlike "a#b" + "c" and "a" +
-    "b#c", which join to the same string."""
-    s = json.dumps(parts, ensure_ascii=True, sort_keys=True, separators=(",", ":"),
-                   allow_nan=False)
-    return hashlib.sha256(s.encode("ascii")).hexdigest()[:32]
-
-
 class Position(NamedTuple):
     """One output token to check: record.output[index], at absolute position len(prompt) + index."""
     record: Record
@@ -112,25 +102,6 @@ class Position(NamedTuple):
     position: int
     token: int
     params: SamplingParams
-
-
-def cost(record: Record) -> int:
-    """Teacher-forced tokens of a record: prompt + output - 1 (none without an output)."""
-    return len(record.prompt) + len(record.output) - 1 if record.output else 0
-
-
-def packs(items: Iterable, token_budget: int, cost: Callable = cost) -> Iterator[list]:
-    """Consecutive groups whose cost fits the budget (a costlier item alone), in order."""
-    pack, used = [], 0
-    for it in items:
-        n = cost(it)
-        if pack and used + n > token_budget:
-            yield pack
-            pack, used = [], 0
-        pack.append(it)
-        used += n
-    if pack:
-        yield pack
 
 
 def teacher_forced(model, records: Sequence[Record], options: Options = Options()

@@ -126,3 +126,17 @@ def test_package_names_are_one_thing():
             "isinstance(k.__getattr__('matmul'), types.ModuleType))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True", "True", "verify", "True"]
+
+
+def test_fleet_reader_loads_no_torch():
+    """Ray's reader worker imports replay.fleet to read and pack shards: that must not load torch,
+    the model or the verifier (seconds per worker start). The report's result rows and the
+    watcher's imports stay as light."""
+    import subprocess
+    import sys
+
+    code = ("import sys, replay.fleet, replay.report, replay.watch; "
+            "print(sorted(m for m in ('torch', 'numpy', 'replay.verify', 'replay.model', "
+            "'replay._C') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]"], out.stdout
