@@ -206,7 +206,7 @@ class Watcher:
               rows: list[RecordResult]) -> str:
         """Queue one alarm (out/alarms/pending/, out/ALARM, stderr) and start delivering it;
         returns its id."""
-        from replay.verify import digest
+        from replay.records import digest
 
         aid = digest("replay.watch alarm", shard, sha256, kind, self.fingerprint)[:16]
         self.alarms += 1
