@@ -157,14 +157,43 @@ def weights_identity(path: str, cfg) -> str:
     return "sha256:" + h.hexdigest()[:32]
 
 
+def file_key(file: str) -> list:
+    """One version of a file: its path, device, inode, size, mtime and ctime. A file changed in
+    place gets a new ctime, which no user can set back; a file replaced has a new inode."""
+    st = os.stat(file)
+    return [os.path.realpath(file), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            st.st_ctime_ns]
+
+
+def load_with_identity(path: str, cfg) -> tuple[dict[str, torch.Tensor], str]:
+    """load_hf_weights and weights_identity of one version of the checkpoint. They read the
+    files separately (the identity from its cache or a second read), so each shard's file_key is
+    taken before the load and checked after the identity: a shard changed, replaced or removed in
+    between, or an index that now names other shards, is an error, never a model whose identity
+    is that of other bytes than its weights."""
+    before = {shard: file_key(shard) for shard in _shards(path)}
+    weights = load_hf_weights(path, cfg)
+    identity = weights_identity(path, cfg)
+    after = set(_shards(path))
+    for shard, key in before.items():
+        try:
+            same = shard in after and file_key(shard) == key
+        except OSError:
+            same = False
+        if not same:
+            raise ValueError(f"{shard}: changed while the model was being loaded (replaced, "
+                             "rewritten or removed); load it again once it is stable")
+    if after != set(before):
+        raise ValueError(f"{path}: the checkpoint's index changed while the model was being "
+                         "loaded; load it again once it is stable")
+    return weights, identity
+
+
 def tensor_digests(file: str) -> dict[str, tuple[str, list, str]]:
     """name -> (dtype, shape, SHA-256 of the tensor's bytes) of one safetensors file, read from
     its header and byte ranges (no tensor is built). Cached in $REPLAY_CACHE (default
-    ~/.cache/replay) under the file's path, device, inode, size, mtime and ctime: a file changed
-    in place has a new ctime, which no user can set back."""
-    st = os.stat(file)
-    key = json.dumps([os.path.realpath(file), st.st_dev, st.st_ino, st.st_size,
-                      st.st_mtime_ns, st.st_ctime_ns])
+    ~/.cache/replay) under the file's file_key."""
+    key = json.dumps(file_key(file))
     root = os.environ.get(IDENTITY_CACHE_ENV) or os.path.join(
         os.path.expanduser("~"), ".cache", "replay")
     cache = None if root == "off" else os.path.join(

@@ -215,6 +215,47 @@ def test_identity_digests_are_cached_and_invalidated(tmp_path, monkeypatch):
     assert Model.from_pretrained(str(tmp_path / "m")).identity != first and len(calls) == 2
 
 
+@pytest.mark.parametrize("how", ["rewritten", "replaced", "index"])
+def test_a_checkpoint_changed_while_loading_is_refused(tmp_path, monkeypatch, how):
+    """The weights and the identity are read separately: a shard that changes in between must
+    not give a model holding one file's weights under another file's identity."""
+    import shutil
+
+    from replay import weights
+
+    monkeypatch.setenv("REPLAY_CACHE", "off")
+    hf_checkpoint("qwen3", tmp_path / "m", shards=how == "index")
+    shutil.copytree(tmp_path / "m", tmp_path / "orig")
+    files = sorted((tmp_path / "m").glob("*.safetensors"))
+    real = weights.load_hf_weights
+
+    def load_then_change(path, cfg):
+        out = real(path, cfg)
+        data = bytearray(files[0].read_bytes())
+        data[-1] ^= 1
+        if how == "rewritten":  # in place: same inode, same size
+            files[0].write_bytes(bytes(data))
+        elif how == "replaced":  # a new file renamed over the old one
+            (tmp_path / "new").write_bytes(bytes(data))
+            os.replace(tmp_path / "new", files[0])
+        else:  # the index now names another shard (a copy of the first)
+            shutil.copy(files[0], tmp_path / "m" / "other.safetensors")
+            index = tmp_path / "m" / "model.safetensors.index.json"
+            d = json.loads(index.read_text())
+            d["weight_map"] = {k: "other.safetensors" if v == files[0].name else v
+                               for k, v in d["weight_map"].items()}
+            index.write_text(json.dumps(d))
+        return out
+
+    monkeypatch.setattr(weights, "load_hf_weights", load_then_change)
+    with pytest.raises(ValueError, match="while the model was being loaded"):
+        Model.from_pretrained(str(tmp_path / "m"))
+    monkeypatch.setattr(weights, "load_hf_weights", real)
+    # unchanged, the same folder loads, with the identity of the bytes it holds
+    assert Model.from_pretrained(str(tmp_path / "orig")).identity == \
+        Model.identity_of(str(tmp_path / "orig"))
+
+
 def resident_bytes(model) -> int:
     """Bytes of every distinct storage the model's weights hold."""
     seen = {}
