@@ -39,8 +39,9 @@ def _case(seed, lens, q_lens, Hq=4, Hkv=2, D=32, P=64):
 
 
 @pytest.mark.parametrize("lens,q_lens,P,D", [
-    ([1, 97, 200], [1, 97, 3], 64, 32),          # a decode, a whole prefill, a chunk
-    ([130, 64, 65, 300], [1, 1, 65, 17], 128, 64),  # D = 32, 64, 128: the register-tile paths
+    # a decode, a whole prefill, a chunk; D = 32, 64 and 128 run the register-tile paths
+    ([1, 97, 200], [1, 97, 3], 64, 32),
+    ([130, 64, 65, 300], [1, 1, 65, 17], 128, 64),
     ([1025], [33], 64, 128),
     ([70, 3], [9, 3], 64, 48),
 ])
