@@ -313,14 +313,14 @@ class Model:
     @classmethod
     def from_pretrained(cls, path: str, name: str | None = None) -> "Model":
         """Load config.json and *.safetensors (a single file, or shards with their index)."""
-        from replay.weights import load_with_identity
+        from replay.weights import load_hf_weights
 
         cfg_path = os.path.join(path, "config.json")
         if not os.path.exists(cfg_path):
             raise FileNotFoundError(f"{path}: no config.json")
         with open(cfg_path) as f:
             cfg = ModelConfig.from_hf(json.load(f))
-        weights, identity = load_with_identity(path, cfg)
+        weights, identity = load_hf_weights(path, cfg)  # the identity of the bytes it loaded
         m = cls(cfg, weights, identity)
         m.name = name or os.path.basename(os.path.normpath(path))
         m.path = os.fspath(path)

@@ -98,14 +98,18 @@ def _kept_bf16(ours: str) -> bool:
     return ours.rsplit(".", 1)[-1] in ("wqkv", "wo", "wgu", "wdown", "lm_head", "embed")
 
 
-def load_hf_weights(path: str, cfg) -> dict[str, torch.Tensor]:
-    """Read every shard, check names and shapes against the config, and fuse (float32, or
-    bfloat16 where `_kept_bf16`)."""
+def load_hf_weights(path: str, cfg) -> tuple[dict[str, torch.Tensor], str]:
+    """Read every shard, check names and shapes against the config, fuse (float32, or bfloat16
+    where `_kept_bf16`), and return the weights with their model identity (weights_identity's
+    definition), hashed from the private copy that each tensor is read into: the identity is
+    that of the weights the model holds, whatever happens to the files meanwhile (a shard
+    rewritten, replaced, re-linked or re-indexed while it loads gives the identity of the bytes
+    that were read, never that of other bytes)."""
     from safetensors import safe_open
 
     wmap = weight_map(cfg)
     expected = {hf: shape for hf, (_, shape) in wmap.items()}
-    hf = {}
+    hf, digests = {}, {}
     for shard in _shards(path):
         with safe_open(shard, framework="pt") as f:
             for name in f.keys():
@@ -116,20 +120,29 @@ def load_hf_weights(path: str, cfg) -> dict[str, torch.Tensor]:
                         continue  # derived, recomputed from the config
                     raise ValueError(f"{shard}: unexpected tensor {name!r} for a {cfg.arch} "
                                      "config; is config.json the right one?")
-                t = f.get_tensor(name)
+                # a private copy, never safetensors' own tensor: those are backed by its memory
+                # map of the file, so they change with the file, and one left alive (a float32
+                # norm) kept the map open and every page that loading touched resident (test_model)
+                t = f.get_tensor(name).clone()
                 if tuple(t.shape) != expected[name]:
                     raise ValueError(f"{shard}: {name} has shape {tuple(t.shape)}, the config "
                                      f"implies {expected[name]}")
+                digests[name] = (_ST_DTYPE.get(t.dtype, str(t.dtype)), list(t.shape),
+                                 hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy()).hexdigest())
                 keep = t.dtype == torch.bfloat16 and _kept_bf16(wmap[name][0])
-                # a copy, never safetensors' own tensor: those are backed by its memory map of
-                # the file, and one left alive (a float32 norm) kept the map open and every page
-                # that loading touched resident beside the packed copy (test_model)
-                hf[name] = t.clone() if keep or t.dtype == torch.float32 else t.float()
+                hf[name] = t if keep or t.dtype == torch.float32 else t.float()
     missing = sorted(set(expected) - set(hf))
     if missing:
         raise ValueError(f"{path}: {len(missing)} tensors missing from the checkpoint, e.g. "
                          f"{missing[:3]}")
-    return fuse(hf, cfg)
+    return fuse(hf, cfg), _identity(path, cfg, digests)
+
+
+# safetensors' dtype names (the header's), which the identity hashes
+_ST_DTYPE = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+             torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+             torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+             torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
 
 
 IDENTITY_CACHE_ENV = "REPLAY_CACHE"  # a folder for the tensor digests, or "off"
@@ -142,11 +155,17 @@ def weights_identity(path: str, cfg) -> str:
     uses, in name order, its name, stored dtype, shape and the SHA-256 of its stored bytes. It
     does not depend on the folder's name, the file names or how the tensors are split into
     shards, so a renamed or re-sharded copy of the same weights is the same model; a changed
-    value, dtype or config field is another. The per-tensor digests of each file are cached
-    (tensor_digests), so only the first load of a file reads it twice."""
+    value, dtype or config field is another. This one reads the files without loading them
+    (Model.identity_of: the logger, the fleet's driver), with the per-tensor digests of each file
+    cached (tensor_digests); a loaded model's identity comes from the bytes it loaded
+    (load_hf_weights)."""
     digests = {}
     for shard in _shards(path):
         digests.update(tensor_digests(shard))
+    return _identity(path, cfg, digests)
+
+
+def _identity(path: str, cfg, digests: dict[str, tuple[str, list, str]]) -> str:
     h = hashlib.sha256(b"replay model identity v1\n")
     h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode() + b"\n")
     for name in sorted(hf_names(cfg)):
@@ -157,43 +176,15 @@ def weights_identity(path: str, cfg) -> str:
     return "sha256:" + h.hexdigest()[:32]
 
 
-def file_key(file: str) -> list:
-    """One version of a file: its path, device, inode, size, mtime and ctime. A file changed in
-    place gets a new ctime, which no user can set back; a file replaced has a new inode."""
-    st = os.stat(file)
-    return [os.path.realpath(file), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-            st.st_ctime_ns]
-
-
-def load_with_identity(path: str, cfg) -> tuple[dict[str, torch.Tensor], str]:
-    """load_hf_weights and weights_identity of one version of the checkpoint. They read the
-    files separately (the identity from its cache or a second read), so each shard's file_key is
-    taken before the load and checked after the identity: a shard changed, replaced or removed in
-    between, or an index that now names other shards, is an error, never a model whose identity
-    is that of other bytes than its weights."""
-    before = {shard: file_key(shard) for shard in _shards(path)}
-    weights = load_hf_weights(path, cfg)
-    identity = weights_identity(path, cfg)
-    after = set(_shards(path))
-    for shard, key in before.items():
-        try:
-            same = shard in after and file_key(shard) == key
-        except OSError:
-            same = False
-        if not same:
-            raise ValueError(f"{shard}: changed while the model was being loaded (replaced, "
-                             "rewritten or removed); load it again once it is stable")
-    if after != set(before):
-        raise ValueError(f"{path}: the checkpoint's index changed while the model was being "
-                         "loaded; load it again once it is stable")
-    return weights, identity
-
-
 def tensor_digests(file: str) -> dict[str, tuple[str, list, str]]:
     """name -> (dtype, shape, SHA-256 of the tensor's bytes) of one safetensors file, read from
     its header and byte ranges (no tensor is built). Cached in $REPLAY_CACHE (default
-    ~/.cache/replay) under the file's file_key."""
-    key = json.dumps(file_key(file))
+    ~/.cache/replay) under the file's path, device, inode, size, mtime and ctime: a file changed
+    in place with write(2) has a new ctime, which no user can set back. The cache is trusted:
+    keep it writable by its user only (a loaded model's identity does not use it)."""
+    st = os.stat(file)
+    key = json.dumps([os.path.realpath(file), st.st_dev, st.st_ino, st.st_size,
+                      st.st_mtime_ns, st.st_ctime_ns])
     root = os.environ.get(IDENTITY_CACHE_ENV) or os.path.join(
         os.path.expanduser("~"), ".cache", "replay")
     cache = None if root == "off" else os.path.join(
