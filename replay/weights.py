@@ -127,7 +127,10 @@ def load_hf_weights(path: str, cfg) -> tuple[dict[str, torch.Tensor], str]:
                 if tuple(t.shape) != expected[name]:
                     raise ValueError(f"{shard}: {name} has shape {tuple(t.shape)}, the config "
                                      f"implies {expected[name]}")
-                digests[name] = (_ST_DTYPE.get(t.dtype, str(t.dtype)), list(t.shape),
+                if not t.dtype.is_floating_point:
+                    raise ValueError(f"{shard}: {name} is stored as {_st_dtype(f, name, t)}; a "
+                                     "model's weights must be floating point (F32, F16, BF16, ...)")
+                digests[name] = (_st_dtype(f, name, t), list(t.shape),
                                  hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy()).hexdigest())
                 keep = t.dtype == torch.bfloat16 and _kept_bf16(wmap[name][0])
                 hf[name] = t if keep or t.dtype == torch.float32 else t.float()
@@ -138,7 +141,21 @@ def load_hf_weights(path: str, cfg) -> tuple[dict[str, torch.Tensor], str]:
     return fuse(hf, cfg), _identity(path, cfg, digests)
 
 
-# safetensors' dtype names (the header's), which the identity hashes
+def _st_dtype(f, name: str, t: torch.Tensor) -> str:
+    """The dtype name that the file's header gives the tensor (the one weights_identity hashes),
+    from the open file itself; where this safetensors cannot say, from torch's dtype, and an
+    error for a dtype whose name is not known (an identity must never be a guess)."""
+    try:
+        return f.get_slice(name).get_dtype()
+    except AttributeError:
+        pass
+    if t.dtype not in _ST_DTYPE:
+        raise ValueError(f"{name}: no safetensors name for {t.dtype} is known to replay, and this "
+                         "safetensors cannot say which its header gives; upgrade safetensors")
+    return _ST_DTYPE[t.dtype]
+
+
+# safetensors' dtype names (the header's), for a safetensors without PySafeSlice.get_dtype
 _ST_DTYPE = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
              torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
              torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",

@@ -256,6 +256,40 @@ def test_a_loaded_model_has_the_identity_of_the_bytes_it_read(tmp_path, monkeypa
     assert torch.equal(m(prompts)[0], orig(prompts)[0])
 
 
+def _store_one_as(path, dtype):
+    """Rewrite a checkpoint with its first norm weight stored as `dtype`; its name."""
+    from safetensors.torch import load_file, save_file
+
+    shard = path / "model.safetensors"
+    tensors = load_file(shard)
+    name = sorted(n for n in tensors if n.endswith("norm.weight"))[0]
+    tensors[name] = tensors[name].to(dtype)
+    save_file(tensors, shard, metadata={"format": "pt"})
+    return name
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fnuz, torch.float8_e5m2fnuz, torch.float16])
+def test_a_loaded_model_names_every_stored_dtype_as_the_header_does(tmp_path, monkeypatch, dtype):
+    """The identity hashes each tensor's dtype as the file's header names it: a loaded model and
+    Model.identity_of (which reads the header) must agree on every floating dtype safetensors
+    stores, not only on those in a table of names (float8 without one gave two identities)."""
+    monkeypatch.setenv("REPLAY_CACHE", "off")
+    hf_checkpoint("qwen3", tmp_path)
+    _store_one_as(tmp_path, dtype)
+    assert Model.from_pretrained(str(tmp_path)).identity == Model.identity_of(str(tmp_path))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint16, torch.bool])
+def test_a_checkpoint_with_a_non_float_weight_is_refused_by_name(tmp_path, dtype):
+    """An integer or boolean tensor is no weight of these models: its load is refused with the
+    shard, the tensor and the dtype of the header, not converted to float and run."""
+    hf_checkpoint("qwen3", tmp_path)
+    name = _store_one_as(tmp_path, dtype)
+    with pytest.raises(ValueError, match=rf"model.safetensors: {name} is stored as [A-Z0-9]+; "
+                                         "a model's weights must be floating point"):
+        Model.from_pretrained(str(tmp_path))
+
+
 def resident_bytes(model) -> int:
     """Bytes of every distinct storage the model's weights hold."""
     seen = {}
