@@ -187,7 +187,7 @@ def test_logger_records_every_acknowledged_response(stack):
     assert DROPS - 1 <= dropped <= DROPS  # one may be cut by the logger's kill instead
 
     # the upstream dies while streams are in flight: none of them is acknowledged or recorded
-    tail = [("/v1/completions", {"model": "tiny", "prompt": [5] * 20, "max_tokens": 200,
+    tail = [("/v1/completions", {"model": "tiny", "prompt": [5] * 20, "max_tokens": 1000,
                                  "temperature": 0.9, "stream": True, "ignore_eos": True},
              False) for _ in range(8)]
 
