@@ -124,13 +124,14 @@ def load_hf_weights(path: str, cfg) -> tuple[dict[str, torch.Tensor], str]:
                 # map of the file, so they change with the file, and one left alive (a float32
                 # norm) kept the map open and every page that loading touched resident (test_model)
                 t = f.get_tensor(name).clone()
+                dtype = f.get_slice(name).get_dtype()  # the header's name, which identity_of hashes
                 if tuple(t.shape) != expected[name]:
                     raise ValueError(f"{shard}: {name} has shape {tuple(t.shape)}, the config "
                                      f"implies {expected[name]}")
                 if not t.dtype.is_floating_point:
-                    raise ValueError(f"{shard}: {name} is stored as {_st_dtype(f, name, t)}; a "
+                    raise ValueError(f"{shard}: {name} is stored as {dtype}; a "
                                      "model's weights must be floating point (F32, F16, BF16, ...)")
-                digests[name] = (_st_dtype(f, name, t), list(t.shape),
+                digests[name] = (dtype, list(t.shape),
                                  hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy()).hexdigest())
                 keep = t.dtype == torch.bfloat16 and _kept_bf16(wmap[name][0])
                 hf[name] = t if keep or t.dtype == torch.float32 else t.float()
@@ -139,27 +140,6 @@ def load_hf_weights(path: str, cfg) -> tuple[dict[str, torch.Tensor], str]:
         raise ValueError(f"{path}: {len(missing)} tensors missing from the checkpoint, e.g. "
                          f"{missing[:3]}")
     return fuse(hf, cfg), _identity(path, cfg, digests)
-
-
-def _st_dtype(f, name: str, t: torch.Tensor) -> str:
-    """The dtype name that the file's header gives the tensor (the one weights_identity hashes),
-    from the open file itself; where this safetensors cannot say, from torch's dtype, and an
-    error for a dtype whose name is not known (an identity must never be a guess)."""
-    try:
-        return f.get_slice(name).get_dtype()
-    except AttributeError:
-        pass
-    if t.dtype not in _ST_DTYPE:
-        raise ValueError(f"{name}: no safetensors name for {t.dtype} is known to replay, and this "
-                         "safetensors cannot say which its header gives; upgrade safetensors")
-    return _ST_DTYPE[t.dtype]
-
-
-# safetensors' dtype names (the header's), for a safetensors without PySafeSlice.get_dtype
-_ST_DTYPE = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
-             torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
-             torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
-             torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
 
 
 IDENTITY_CACHE_ENV = "REPLAY_CACHE"  # a folder for the tensor digests, or "off"
