@@ -98,6 +98,21 @@ def _kept_bf16(ours: str) -> bool:
     return ours.rsplit(".", 1)[-1] in ("wqkv", "wo", "wgu", "wdown", "lm_head", "embed")
 
 
+# The header dtypes a weight may be stored as: the floating types of one value per element, which
+# torch widens to float32 exactly. Integer, boolean and complex tensors are no weights of these
+# models, and the packed sub-byte floats (F4 holds two values a byte, F6_* has no torch dtype)
+# cannot be widened element by element. Both identities (load_hf_weights, weights_identity)
+# refuse any other dtype for a tensor the config uses, so neither names a model replay cannot run.
+WEIGHT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ",
+                 "F8_E8M0")
+
+
+def _check_dtype(where: str, name: str, dtype: str) -> None:
+    if dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"{where}: {name} is stored as {dtype}; a model's weights must be floating "
+                         f"point, one value per element ({', '.join(WEIGHT_DTYPES)})")
+
+
 def load_hf_weights(path: str, cfg) -> tuple[dict[str, torch.Tensor], str]:
     """Read every shard, check names and shapes against the config, fuse (float32, or bfloat16
     where `_kept_bf16`), and return the weights with their model identity (weights_identity's
@@ -105,13 +120,17 @@ def load_hf_weights(path: str, cfg) -> tuple[dict[str, torch.Tensor], str]:
     that of the weights the model holds, whatever happens to the files meanwhile (a shard
     rewritten, replaced, re-linked or re-indexed while it loads gives the identity of the bytes
     that were read, never that of other bytes)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     wmap = weight_map(cfg)
     expected = {hf: shape for hf, (_, shape) in wmap.items()}
     hf, digests = {}, {}
     for shard in _shards(path):
-        with safe_open(shard, framework="pt") as f:
+        try:
+            f = safe_open(shard, framework="pt")
+        except SafetensorError as e:  # an unknown dtype in the header, a bad length, ...
+            raise ValueError(f"{shard}: not a readable safetensors file ({e})") from None
+        with f:
             for name in f.keys():
                 if name not in expected:
                     if cfg.tie_embeddings and name == "lm_head.weight":
@@ -123,14 +142,12 @@ def load_hf_weights(path: str, cfg) -> tuple[dict[str, torch.Tensor], str]:
                 # a private copy, never safetensors' own tensor: those are backed by its memory
                 # map of the file, so they change with the file, and one left alive (a float32
                 # norm) kept the map open and every page that loading touched resident (test_model)
-                t = f.get_tensor(name).clone()
                 dtype = f.get_slice(name).get_dtype()  # the header's name, which identity_of hashes
+                _check_dtype(shard, name, dtype)
+                t = f.get_tensor(name).clone()
                 if tuple(t.shape) != expected[name]:
                     raise ValueError(f"{shard}: {name} has shape {tuple(t.shape)}, the config "
                                      f"implies {expected[name]}")
-                if not t.dtype.is_floating_point:
-                    raise ValueError(f"{shard}: {name} is stored as {dtype}; a "
-                                     "model's weights must be floating point (F32, F16, BF16, ...)")
                 digests[name] = (dtype, list(t.shape),
                                  hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy()).hexdigest())
                 keep = t.dtype == torch.bfloat16 and _kept_bf16(wmap[name][0])
@@ -169,6 +186,7 @@ def _identity(path: str, cfg, digests: dict[str, tuple[str, list, str]]) -> str:
         if name not in digests:
             raise ValueError(f"{path}: tensor {name} is missing from the checkpoint")
         dtype, shape, digest = digests[name]
+        _check_dtype(path, name, dtype)
         h.update(f"{name} {dtype} {list(shape)} {digest}\n".encode())
     return "sha256:" + h.hexdigest()[:32]
 

@@ -2,6 +2,8 @@
 error below 1e-4), on small random configs created offline, loaded from safetensors."""
 import json
 import os
+import re
+import struct
 import time
 
 import pytest
@@ -11,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from replay import ops  # noqa: E402
 from replay.model import Model, ModelConfig  # noqa: E402
+from replay.weights import WEIGHT_DTYPES  # noqa: E402
 
 COMMON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               intermediate_size=96, vocab_size=211, max_position_embeddings=256)
@@ -256,22 +259,51 @@ def test_a_loaded_model_has_the_identity_of_the_bytes_it_read(tmp_path, monkeypa
     assert torch.equal(m(prompts)[0], orig(prompts)[0])
 
 
-def _store_one_as(path, dtype):
-    """Rewrite a checkpoint with its first norm weight stored as `dtype`; its name."""
-    from safetensors.torch import load_file, save_file
+# header dtype -> the torch dtype its bytes are made with (the others get random bytes)
+_AS_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+             "BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+             "F8_E4M3FNUZ": torch.float8_e4m3fnuz, "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
+             "F8_E8M0": torch.float8_e8m0fnu, "I8": torch.int8, "U8": torch.uint8,
+             "I16": torch.int16, "U16": torch.uint16, "I32": torch.int32, "U32": torch.uint32,
+             "I64": torch.int64, "U64": torch.uint64, "BOOL": torch.bool, "C64": torch.complex64}
+_BITS = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "Q4": 4}
+
+
+def _store_one_as(path, dtype: str) -> str:
+    """Rewrite a checkpoint with its first norm weight stored under the header dtype `dtype`
+    (written by hand, so that any name a header can hold is tried, even one safetensors cannot
+    read); the tensor's name."""
+    from safetensors.torch import load_file
 
     shard = path / "model.safetensors"
     tensors = load_file(shard)
     name = sorted(n for n in tensors if n.endswith("norm.weight"))[0]
-    tensors[name] = tensors[name].to(dtype)
-    save_file(tensors, shard, metadata={"format": "pt"})
+    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for k, t in tensors.items():
+        stored = "BF16" if t.dtype == torch.bfloat16 else "F32"
+        if k == name:
+            stored = dtype
+            if dtype in _AS_TORCH:
+                t = (t * 7).to(_AS_TORCH[dtype])
+            else:
+                g = torch.Generator().manual_seed(3)
+                t = torch.randint(0, 256, (t.numel() * _BITS[dtype] // 8,), generator=g,
+                                  dtype=torch.uint8)
+        data = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[k] = {"dtype": stored, "shape": list(tensors[k].shape),
+                     "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    shard.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
     return name
 
 
-@pytest.mark.parametrize("dtype", [torch.float8_e4m3fnuz, torch.float8_e5m2fnuz, torch.float16])
+@pytest.mark.parametrize("dtype", WEIGHT_DTYPES)
 def test_a_loaded_model_names_every_stored_dtype_as_the_header_does(tmp_path, monkeypatch, dtype):
     """The identity hashes each tensor's dtype as the file's header names it: a loaded model and
-    Model.identity_of (which reads the header) must agree on every floating dtype safetensors
+    Model.identity_of (which reads the header) must agree on every weight dtype safetensors
     stores, not only on those in a table of names (float8 without one gave two identities)."""
     monkeypatch.setenv("REPLAY_CACHE", "off")
     hf_checkpoint("qwen3", tmp_path)
@@ -279,15 +311,33 @@ def test_a_loaded_model_names_every_stored_dtype_as_the_header_does(tmp_path, mo
     assert Model.from_pretrained(str(tmp_path)).identity == Model.identity_of(str(tmp_path))
 
 
-@pytest.mark.parametrize("dtype", [torch.int32, torch.uint16, torch.bool])
-def test_a_checkpoint_with_a_non_float_weight_is_refused_by_name(tmp_path, dtype):
-    """An integer or boolean tensor is no weight of these models: its load is refused with the
-    shard, the tensor and the dtype of the header, not converted to float and run."""
+@pytest.mark.parametrize("dtype", ["I8", "U8", "I16", "U16", "I32", "U32", "I64", "U64", "BOOL",
+                                   "C64", "F4", "F6_E2M3", "F6_E3M2"])
+def test_a_checkpoint_with_a_non_float_weight_is_refused_by_name(tmp_path, monkeypatch, dtype):
+    """An integer, boolean or complex tensor is no weight of these models, and a packed sub-byte
+    float has no one-value-per-element dtype to widen: both the load (with the shard) and the
+    identity the logger takes (Model.identity_of, with the folder) refuse it, naming the tensor
+    and the header's dtype, rather than converting it or naming a model no replay can run."""
+    monkeypatch.setenv("REPLAY_CACHE", "off")
     hf_checkpoint("qwen3", tmp_path)
     name = _store_one_as(tmp_path, dtype)
-    with pytest.raises(ValueError, match=rf"model.safetensors: {name} is stored as [A-Z0-9]+; "
-                                         "a model's weights must be floating point"):
+    said = rf"{re.escape(name)} is stored as {re.escape(dtype)}; a model's weights must be floating point"
+    with pytest.raises(ValueError, match=rf"model\.safetensors: {said}"):
         Model.from_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path))}: {said}"):
+        Model.identity_of(str(tmp_path))
+
+
+def test_a_header_dtype_safetensors_does_not_know_is_refused_by_name(tmp_path, monkeypatch):
+    """A dtype name no safetensors release knows: the load names the shard (safetensors' own error
+    names neither file nor tensor), and the identity names the tensor and the dtype."""
+    monkeypatch.setenv("REPLAY_CACHE", "off")
+    hf_checkpoint("qwen3", tmp_path)
+    name = _store_one_as(tmp_path, "Q4")
+    with pytest.raises(ValueError, match=r"model\.safetensors: not a readable safetensors file"):
+        Model.from_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match=rf"{re.escape(name)} is stored as Q4;"):
+        Model.identity_of(str(tmp_path))
 
 
 def resident_bytes(model) -> int:
