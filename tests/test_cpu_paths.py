@@ -147,4 +147,4 @@ def test_baseline_code_has_no_avx_instructions():
 def test_the_disassembly_check_can_fail():
     """Without the exemption, the check finds the AVX2 path's own matmul kernel."""
     found = avx_functions(exempt=None)
-    assert any(k.startswith("void replay::avx2::micro<float, 6, 1, 1>") for k in found)
+    assert any(k.startswith("void replay::avx2::micro<float, 6, 1, 1, ") for k in found)
