@@ -99,10 +99,10 @@ def _kept_bf16(ours: str) -> bool:
 
 
 # The header dtypes a weight may be stored as: the floating types of one value per element, which
-# torch widens to float32 exactly. Integer, boolean and complex tensors are no weights of these
+# torch converts to float32 value by value (exactly, except F64, which is rounded). Integer, boolean and complex tensors are no weights of these
 # models, and the packed sub-byte floats (F4 holds two values a byte, F6_* has no torch dtype)
-# cannot be widened element by element. Both identities (load_hf_weights, weights_identity)
-# refuse any other dtype for a tensor the config uses, so neither names a model replay cannot run.
+# cannot be converted element by element. Both identities (load_hf_weights, weights_identity)
+# refuse any other dtype, and any other shape than the config's, for a tensor the config uses.
 WEIGHT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ",
                  "F8_E8M0")
 
@@ -182,11 +182,15 @@ def weights_identity(path: str, cfg) -> str:
 def _identity(path: str, cfg, digests: dict[str, tuple[str, list, str]]) -> str:
     h = hashlib.sha256(b"replay model identity v1\n")
     h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode() + b"\n")
-    for name in sorted(hf_names(cfg)):
+    names = hf_names(cfg)
+    for name in sorted(names):
         if name not in digests:
             raise ValueError(f"{path}: tensor {name} is missing from the checkpoint")
         dtype, shape, digest = digests[name]
         _check_dtype(path, name, dtype)
+        if tuple(shape) != tuple(names[name]):
+            raise ValueError(f"{path}: {name} has shape {tuple(shape)}, the config implies "
+                             f"{tuple(names[name])}")
         h.update(f"{name} {dtype} {list(shape)} {digest}\n".encode())
     return "sha256:" + h.hexdigest()[:32]
 

@@ -107,21 +107,25 @@ def test_linear_threads_do_not_matter(threads):
 
 
 @pytest.mark.parametrize("M,N,K", [(9, 13, 100), (1, 40, 33), (14, 70, 257), (25, 33, 16),
-                                   (3, 100, 1), (13, 48, 48)])
-def test_linear_code_paths_and_schedules_agree(M, N, K):
+                                   (3, 100, 1), (13, 48, 48),
+                                   # K / 16 = 16 has its own kernels on the vector paths (the
+                                   # scalar path has none): both ends and both neighbours
+                                   (1, 40, 256), (15, 40, 271), (5, 33, 255), (11, 40, 272)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_code_paths_and_schedules_agree(M, N, K, with_bias):
     """Every code path this CPU runs (scalar, AVX2, AVX-512), each with every register-tile
     schedule (AVX2's 6 x 16, AVX-512's 12 x 32), gives the bits of ops.linear: full and edge
     tiles, 1-3 row slivers (several lane steps at once), odd panel counts, K tails."""
     x, w, b = randn(M, K, seed=10), randn(N, K, seed=11), randn(N, seed=12)
-    ref = ops.linear(x, w, b)
+    ref = ops.linear(x, w, b if with_bias else None)
     wp = ops.pack_linear(w)
     bp = torch.nn.functional.pad(b, (0, -N % 16))
     runs = 0
     for isa in range(C().cpu_isa() + 1):
         for sched in range(2):
             out = torch.empty(M, N)
-            C().linear_sched(x.data_ptr(), M, wp.data.data_ptr(), bp.data_ptr(), N, K,
-                             out.data_ptr(), isa, sched)
+            C().linear_sched(x.data_ptr(), M, wp.data.data_ptr(),
+                             bp.data_ptr() if with_bias else 0, N, K, out.data_ptr(), isa, sched)
             assert torch.equal(out, ref), (isa, sched)
             runs += 1
     assert runs >= 4  # this machine runs at least the scalar and AVX2 paths

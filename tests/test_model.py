@@ -300,6 +300,30 @@ def _store_one_as(path, dtype: str) -> str:
     return name
 
 
+def test_the_weight_dtypes_are_the_one_value_per_element_floats():
+    """The list the identities accept, spelled out: an entry dropped or added is a decision."""
+    assert WEIGHT_DTYPES == ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ",
+                             "F8_E5M2FNUZ", "F8_E8M0")
+
+
+def test_identity_of_refuses_a_shape_the_config_does_not_imply(tmp_path, monkeypatch):
+    """identity_of reads only the header, and must refuse what the load refuses: a used tensor of
+    another shape than the config's (its bytes would hash, and name a model no load accepts)."""
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setenv("REPLAY_CACHE", "off")
+    hf_checkpoint("qwen3", tmp_path)
+    shard = tmp_path / "model.safetensors"
+    tensors = load_file(shard)
+    name = sorted(n for n in tensors if n.endswith("norm.weight"))[0]
+    tensors[name] = tensors[name][:-1].clone()
+    save_file(tensors, shard, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"{re.escape(name)} has shape \(\d+,\), the config implies"):
+        Model.identity_of(str(tmp_path))
+    with pytest.raises(ValueError, match=rf"{re.escape(name)} has shape"):
+        Model.from_pretrained(str(tmp_path))
+
+
 @pytest.mark.parametrize("dtype", WEIGHT_DTYPES)
 def test_a_loaded_model_names_every_stored_dtype_as_the_header_does(tmp_path, monkeypatch, dtype):
     """The identity hashes each tensor's dtype as the file's header names it: a loaded model and
@@ -326,6 +350,19 @@ def test_a_checkpoint_with_a_non_float_weight_is_refused_by_name(tmp_path, monke
         Model.from_pretrained(str(tmp_path))
     with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path))}: {said}"):
         Model.identity_of(str(tmp_path))
+
+
+def test_a_cached_digest_is_refused_as_a_fresh_one(tmp_path, monkeypatch):
+    """The dtype check runs on the digests, not while hashing: a second identity_of, which reads
+    the cache, refuses an integer weight as the first did."""
+    monkeypatch.setenv("REPLAY_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "m"
+    hf_checkpoint("qwen3", model)
+    name = _store_one_as(model, "I32")
+    for _ in range(2):
+        with pytest.raises(ValueError, match=rf"{re.escape(name)} is stored as I32;"):
+            Model.identity_of(str(model))
+    assert list((tmp_path / "cache").iterdir())  # the second call did read a cache entry
 
 
 def test_a_header_dtype_safetensors_does_not_know_is_refused_by_name(tmp_path, monkeypatch):
