@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import struct
 
@@ -98,19 +99,36 @@ def _kept_bf16(ours: str) -> bool:
     return ours.rsplit(".", 1)[-1] in ("wqkv", "wo", "wgu", "wdown", "lm_head", "embed")
 
 
-# The header dtypes a weight may be stored as: the floating types of one value per element, which
-# torch converts to float32 value by value (exactly, except F64, which is rounded). Integer, boolean and complex tensors are no weights of these
-# models, and the packed sub-byte floats (F4 holds two values a byte, F6_* has no torch dtype)
-# cannot be converted element by element. Both identities (load_hf_weights, weights_identity)
-# refuse any other dtype, and any other shape than the config's, for a tensor the config uses.
+# The header dtypes a weight may be stored as: the floating types of one value per element,
+# which torch converts to float32 value by value (exactly, except F64, which is rounded).
+# Integer, boolean and complex tensors are no weights of these models, and the packed sub-byte
+# floats (F4 holds two values a byte, F6_* has no torch dtype) cannot be converted element by
+# element. Both identities (load_hf_weights, weights_identity) refuse any other dtype, and any
+# other shape than the config's, for a tensor the config uses, and both refuse a tensor the
+# config neither uses nor may ignore (_unused).
 WEIGHT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ",
                  "F8_E8M0")
 
 
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+               "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1, "F8_E8M0": 1}  # bytes of one WEIGHT_DTYPES value
+
+
 def _check_dtype(where: str, name: str, dtype: str) -> None:
     if dtype not in WEIGHT_DTYPES:
-        raise ValueError(f"{where}: {name} is stored as {dtype}; a model's weights must be floating "
-                         f"point, one value per element ({', '.join(WEIGHT_DTYPES)})")
+        raise ValueError(f"{where}: {name} is stored as {dtype}; a model's weights must be "
+                         f"floating point, one value per element ({', '.join(WEIGHT_DTYPES)})")
+
+
+def _unused(cfg, name: str) -> bool:
+    """A tensor a checkpoint may hold that the config does not use (neither loaded nor part of
+    the identity): a tied checkpoint's stored head, and rotary tables (recomputed)."""
+    return (cfg.tie_embeddings and name == "lm_head.weight") or name.endswith("rotary_emb.inv_freq")
+
+
+def _unexpected(where: str, cfg, name: str) -> str:
+    return (f"{where}: unexpected tensor {name!r} for a {cfg.arch} config; is config.json the "
+            "right one?")
 
 
 def load_hf_weights(path: str, cfg) -> tuple[dict[str, torch.Tensor], str]:
@@ -133,12 +151,9 @@ def load_hf_weights(path: str, cfg) -> tuple[dict[str, torch.Tensor], str]:
         with f:
             for name in f.keys():
                 if name not in expected:
-                    if cfg.tie_embeddings and name == "lm_head.weight":
-                        continue  # some tied checkpoints still store the head
-                    if name.endswith("rotary_emb.inv_freq"):
-                        continue  # derived, recomputed from the config
-                    raise ValueError(f"{shard}: unexpected tensor {name!r} for a {cfg.arch} "
-                                     "config; is config.json the right one?")
+                    if _unused(cfg, name):
+                        continue
+                    raise ValueError(_unexpected(shard, cfg, name))
                 # a private copy, never safetensors' own tensor: those are backed by its memory
                 # map of the file, so they change with the file, and one left alive (a float32
                 # norm) kept the map open and every page that loading touched resident (test_model)
@@ -183,6 +198,9 @@ def _identity(path: str, cfg, digests: dict[str, tuple[str, list, str]]) -> str:
     h = hashlib.sha256(b"replay model identity v1\n")
     h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode() + b"\n")
     names = hf_names(cfg)
+    for name in sorted(digests):  # what the load refuses (a loaded model's digests have none)
+        if name not in names and not _unused(cfg, name):
+            raise ValueError(_unexpected(path, cfg, name))
     for name in sorted(names):
         if name not in digests:
             raise ValueError(f"{path}: tensor {name} is missing from the checkpoint")
@@ -240,6 +258,11 @@ def _hash_tensors(file: str) -> dict[str, tuple[str, list, str]]:
             if name == "__metadata__":
                 continue
             a, b = info["data_offsets"]
+            size = _ITEM_BYTES.get(info["dtype"])
+            if size is not None and b - a != size * math.prod(info["shape"]):
+                # safetensors refuses such a file at load: so does the identity
+                raise ValueError(f"{file}: tensor {name} spans {b - a} bytes; {info['dtype']} of "
+                                 f"shape {info['shape']} takes {size * math.prod(info['shape'])}")
             f.seek(8 + n + a)
             h, left = hashlib.sha256(), b - a
             while left > 0:

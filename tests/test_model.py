@@ -269,10 +269,10 @@ _AS_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
 _BITS = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "Q4": 4}
 
 
-def _store_one_as(path, dtype: str) -> str:
+def _store_one_as(path, dtype: str, extra_bytes: int = 0) -> str:
     """Rewrite a checkpoint with its first norm weight stored under the header dtype `dtype`
     (written by hand, so that any name a header can hold is tried, even one safetensors cannot
-    read); the tensor's name."""
+    read), its byte range `extra_bytes` longer than its dtype and shape take; the tensor's name."""
     from safetensors.torch import load_file
 
     shard = path / "model.safetensors"
@@ -290,6 +290,8 @@ def _store_one_as(path, dtype: str) -> str:
                 t = torch.randint(0, 256, (t.numel() * _BITS[dtype] // 8,), generator=g,
                                   dtype=torch.uint8)
         data = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        if k == name:
+            data += bytes(extra_bytes)
         header[k] = {"dtype": stored, "shape": list(tensors[k].shape),
                      "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
@@ -318,7 +320,8 @@ def test_identity_of_refuses_a_shape_the_config_does_not_imply(tmp_path, monkeyp
     name = sorted(n for n in tensors if n.endswith("norm.weight"))[0]
     tensors[name] = tensors[name][:-1].clone()
     save_file(tensors, shard, metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=rf"{re.escape(name)} has shape \(\d+,\), the config implies"):
+    with pytest.raises(ValueError,
+                       match=rf"{re.escape(name)} has shape \(\d+,\), the config implies"):
         Model.identity_of(str(tmp_path))
     with pytest.raises(ValueError, match=rf"{re.escape(name)} has shape"):
         Model.from_pretrained(str(tmp_path))
@@ -345,7 +348,8 @@ def test_a_checkpoint_with_a_non_float_weight_is_refused_by_name(tmp_path, monke
     monkeypatch.setenv("REPLAY_CACHE", "off")
     hf_checkpoint("qwen3", tmp_path)
     name = _store_one_as(tmp_path, dtype)
-    said = rf"{re.escape(name)} is stored as {re.escape(dtype)}; a model's weights must be floating point"
+    said = (rf"{re.escape(name)} is stored as {re.escape(dtype)}; "
+            "a model's weights must be floating point")
     with pytest.raises(ValueError, match=rf"model\.safetensors: {said}"):
         Model.from_pretrained(str(tmp_path))
     with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path))}: {said}"):
@@ -362,7 +366,40 @@ def test_a_cached_digest_is_refused_as_a_fresh_one(tmp_path, monkeypatch):
     for _ in range(2):
         with pytest.raises(ValueError, match=rf"{re.escape(name)} is stored as I32;"):
             Model.identity_of(str(model))
-    assert list((tmp_path / "cache").iterdir())  # the second call did read a cache entry
+    # the first call wrote the digests, so the second refused what it read from the cache (a
+    # check made while hashing would have written none)
+    assert list((tmp_path / "cache").iterdir())
+
+
+def test_identity_of_refuses_a_tensor_the_load_refuses(tmp_path, monkeypatch):
+    """A tensor the config does not use (a q_proj bias beside a config without one) makes the
+    load fail; identity_of, which skipped it, must fail too, or the logger would name a model
+    no verifier can load."""
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setenv("REPLAY_CACHE", "off")
+    hf_checkpoint("qwen3", tmp_path)
+    shard = tmp_path / "model.safetensors"
+    tensors = load_file(shard)
+    tensors["model.layers.0.self_attn.q_proj.bias"] = torch.ones(8)
+    save_file(tensors, shard, metadata={"format": "pt"})
+    for call in (Model.identity_of, Model.from_pretrained):
+        with pytest.raises(ValueError, match=r"unexpected tensor 'model\.layers\.0\.self_attn"
+                                             r"\.q_proj\.bias' for a qwen3 config"):
+            call(str(tmp_path))
+
+
+def test_a_byte_range_longer_than_its_tensor_is_refused(tmp_path, monkeypatch):
+    """A header whose byte range for a tensor is not its dtype's size times its shape: safetensors
+    refuses the file at load, and identity_of (which reads the header itself) refuses it too."""
+    monkeypatch.setenv("REPLAY_CACHE", "off")
+    hf_checkpoint("qwen3", tmp_path)
+    name = _store_one_as(tmp_path, "F32", extra_bytes=4)
+    with pytest.raises(ValueError,
+                       match=rf"tensor {re.escape(name)} spans \d+ bytes; F32 of shape"):
+        Model.identity_of(str(tmp_path))
+    with pytest.raises(ValueError, match=r"model\.safetensors: not a readable safetensors file"):
+        Model.from_pretrained(str(tmp_path))
 
 
 def test_a_header_dtype_safetensors_does_not_know_is_refused_by_name(tmp_path, monkeypatch):
