@@ -106,12 +106,9 @@ def _kept_bf16(ours: str) -> bool:
 # element. Both identities (load_hf_weights, weights_identity) refuse any other dtype, and any
 # other shape than the config's, for a tensor the config uses, and both refuse a tensor the
 # config neither uses nor may ignore (_unused).
-WEIGHT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ",
-                 "F8_E8M0")
-
-
 _ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
-               "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1, "F8_E8M0": 1}  # bytes of one WEIGHT_DTYPES value
+               "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1, "F8_E8M0": 1}  # bytes of one value
+WEIGHT_DTYPES = tuple(_ITEM_BYTES)
 
 
 def _check_dtype(where: str, name: str, dtype: str) -> None:
