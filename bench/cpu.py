@@ -326,16 +326,34 @@ def context(args):
         t = interleaved({"replay": lambda: verify([rec], model=model, token_budget=L),
                          "sdpa": lambda: hf_logprobs(hf, seqs, targets, P)}, reps=reps)
         r, b = mmm(t["replay"]["cpu"]), mmm(t["sdpa"]["cpu"])
+        # the attention op alone, one layer's shape and L tokens, on random inputs: replay's
+        # kernel against torch's SDPA (is_causal, GQA), so that the growth of attention's own
+        # cost is read without the rest of the forward
+        c = model.cfg
+        q = torch.randn(L, c.n_heads, c.head_dim, generator=g)
+        k = torch.randn(L, c.n_kv_heads, c.head_dim, generator=g)
+        v = torch.randn(L, c.n_kv_heads, c.head_dim, generator=g)
+        cu, p0 = torch.tensor([0, L]), torch.tensor([0])
+        qt, kt, vt = (x.transpose(0, 1).unsqueeze(0).contiguous() for x in (q, k, v))
+        ta = interleaved({"replay": lambda: ops.attention(q, k, v, cu, p0, p0),
+                          "sdpa": lambda: F.scaled_dot_product_attention(
+                              qt, kt, vt, is_causal=True, enable_gqa=True)}, reps=reps)
+        ra, ba = mmm(ta["replay"]["cpu"]), mmm(ta["sdpa"]["cpu"])
         rows.append([L, new, f"{1e3 * r[1] / new:.1f}", f"{1e3 * b[1] / new:.1f}",
-                     f"**{b[1] / r[1]:.2f}**", f"{b[0] / r[2]:.2f} / {b[2] / r[0]:.2f}", reps])
+                     f"**{b[1] / r[1]:.2f}**", f"{b[0] / r[2]:.2f} / {b[2] / r[0]:.2f}",
+                     f"{1e3 * ra[1]:.1f} / {1e3 * ba[1]:.1f}", f"{ba[1] / ra[1]:.2f}", reps])
         print(*rows[-1], flush=True)
-    base = float(rows[0][2]), float(rows[0][3])
+    base = [float(x) for x in (rows[0][2], rows[0][3], *rows[0][6].split(" / "))]
     for row in rows:  # growth against the shortest context, both sides
+        a = [float(x) for x in row[6].split(" / ")]
+        row.insert(7, f"{a[0] / base[2]:.1f}x / {a[1] / base[3]:.1f}x")
         row.insert(4, f"{float(row[2]) / base[0]:.1f}x / {float(row[3]) / base[1]:.1f}x")
     write_table("cpu-context.md", "Verifier cost per output token against context length (CPU)",
                 ["total length", "output tokens", "replay ms / output token (CPU)",
                  "transformers SDPA ms / output token (CPU)", "growth from shortest (replay / SDPA)",
-                 "ratio (CPU, medians)", "ratio range", "repeats"], rows,
+                 "ratio (CPU, medians)", "ratio range",
+                 "attention op alone, one layer, ms (replay / SDPA)",
+                 "attention op growth (replay / SDPA)", "attention op ratio", "repeats"], rows,
                 notes=header_notes(ghz, theo, prac,
                                    f"Load average {load0} at the start, {load()} at the end. One "
                                    f"record per length: prompt of L - {new} tokens, {new} output "
@@ -343,7 +361,11 @@ def context(args):
                                    f"head dim 64, MLP 4864, vocab 151936, tied) with "
                                    f"{args.layers} layers, random weights, float32, one thread. "
                                    "Baseline: transformers (attn_implementation sdpa, the default) "
-                                   "teacher-forced forward with logits at the output positions."),
+                                   "teacher-forced forward with logits at the output positions. "
+                                   "The attention-op columns time replay's ops.attention against "
+                                   "torch's scaled_dot_product_attention (is_causal, enable_gqa) "
+                                   "on random queries, keys and values of one layer's shape at L "
+                                   "tokens, one thread, CPU time."),
                 command=COMMAND)
 
 
