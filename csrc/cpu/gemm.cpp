@@ -107,6 +107,7 @@ void register_gemm(pybind11::module_& m) {
         k.linear_sched[sched](cp<float>(x), M, cp<float>(w), cp<float>(bias), N, K, mp<float>(out));
       },
       "linear_packed (float32) on a given code path and schedule, for the tests");
+  m.attr("linear_schedules") = kSchedules;
   m.def(
       "linear_f32",
       [](uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t out, int64_t M, int64_t N, int64_t K) {

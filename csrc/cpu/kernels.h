@@ -60,8 +60,9 @@ struct ScoreOut {
   uint8_t *in_top_k, *in_top_p;
 };
 
-// Matmul schedules (gemm.inc): 0 = 6 rows x 16 columns (AVX2's), 1 = 12 x 32 (AVX-512's).
-constexpr int kSchedules = 2;
+// Matmul schedules (gemm.inc): 0 = 6 rows x 16 columns (AVX2's), 1 = 12 x 32 (AVX-512's),
+// 2 = 4 x 16 (AVX2's at short K).
+constexpr int kSchedules = 3;
 
 // out[M,N] = x[M,K] @ w^T (+ bias); w packed by pack_weights (gemm.cpp), bias padded to panels.
 using LinearF32 = void (*)(const float* x, int64_t M, const float* w, const float* bias, int64_t N,
