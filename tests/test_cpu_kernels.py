@@ -294,7 +294,9 @@ def run_chunked(q, k, v, chunk, window, kv_start=0, R=None):
 
 
 @pytest.mark.parametrize("Hq,Hkv,D,window", [(4, 2, 64, 0), (3, 1, 40, 0), (2, 2, 16, 70),
-                                           (4, 2, 64, 70), (7, 1, 128, 70), (5, 1, 32, 70)])
+                                           (4, 2, 64, 70), (7, 1, 128, 70), (5, 1, 32, 70),
+                                           # no GQA: a work item takes 32 tokens of one head
+                                           (3, 3, 32, 0), (2, 2, 64, 70)])
 def test_attention_prefill_chunked_decode_equal(Hq, Hkv, D, window):
     L = 150  # crosses two 64-key block boundaries
     q, k, v = randn(L, Hq, D, seed=28), randn(L, Hkv, D, seed=29), randn(L, Hkv, D, seed=30)
