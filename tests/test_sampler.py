@@ -107,6 +107,8 @@ def _logits(rng, M: int, V: int, kind: str) -> torch.Tensor:
         x = rng.standard_normal((M, V)) * rng.uniform(0.5, 4)
     elif kind == "ties":  # coarse values: many equal z, so ties in the order and in top-p
         x = np.round(rng.standard_normal((M, V)) * 2) / 2
+    elif kind == "rising":  # z increasing with the id: every token displaces one of the top-k so far
+        x = np.sort(rng.standard_normal((M, V)) * 3, axis=1)
     else:  # "wide": a spread over hundreds of nats, so many e_i underflow to 0; some -inf
         x = rng.standard_normal((M, V)) * 80
         x[rng.random((M, V)) < 0.05] = -np.inf
@@ -139,7 +141,7 @@ def _ref_rows(fn, l, p, *extra):
 
 
 @pytest.mark.parametrize("V", VOCABS)
-@pytest.mark.parametrize("kind", ["normal", "ties", "wide"])
+@pytest.mark.parametrize("kind", ["normal", "ties", "wide", "rising"])
 def test_sample_matches_reference(V, kind):
     _, l, p = _case(V, kind, 7)
     got = sampling.sample(l, **p)
@@ -147,7 +149,7 @@ def test_sample_matches_reference(V, kind):
 
 
 @pytest.mark.parametrize("V", [1, 3, 97, 1025, 4097])
-@pytest.mark.parametrize("kind", ["normal", "ties", "wide"])
+@pytest.mark.parametrize("kind", ["normal", "ties", "wide", "rising"])
 def test_score_matches_reference(V, kind):
     rng, l, p = _case(V, kind, 11)
     M = l.shape[0]
@@ -192,6 +194,22 @@ def test_sampled_tie_goes_to_the_lowest_index_in_top_p():
     # top_k = 1 over two equal logits keeps the lower id, whatever the seed
     l = torch.tensor([[0.0, 2.0, 2.0, 1.0]]).expand(50, 4).contiguous()
     assert sampling.sample(l, 1.0, 1, 1.0, list(range(50)), 3).tolist() == [1] * 50
+
+
+@pytest.mark.parametrize("top_k", [1, 5, 50])
+def test_top_k_cut_through_a_tie_keeps_the_lowest_ids(top_k):
+    # 300 equal logits (past the first k, the kernel scans them 16 at a time): the kept set is
+    # ids 0..k-1, so every choice falls there, whatever the seed
+    V, n = 300, 64
+    l = torch.full((n, V), 1.5)
+    l[:, 7] = -3.0  # one lower logit inside the kept range shifts the cut by one id
+    p = dict(temperature=0.9, top_k=top_k, top_p=1.0, seed=list(range(n)), position=11)
+    got = sampling.sample(l, **p)
+    want = [ref.sample(l[0].numpy(), 0.9, top_k, 1.0, s, 11) for s in range(n)]
+    assert got.tolist() == want
+    kept = [i for i in range(V) if i != 7][:top_k]
+    assert set(want) <= set(kept) and (top_k == 1 or len(set(want)) > 1)
+    assert sampling.score(l, **p, claimed=want)["exact"].all()
 
 
 def test_top_p_keeps_the_prefix_whose_mass_reaches_exactly_top_p():
