@@ -310,6 +310,13 @@ def test_attention_prefill_chunked_decode_equal(Hq, Hkv, D, window):
     assert torch.equal(run_chunked(q, k, v, 97, window, kv_start=33, R=400), full)
 
 
+def test_attention_without_query_heads_is_empty():
+    # Hq = 0 passes the head checks (0 is a multiple of Hkv): nothing to compute, not a crash
+    q, k, v = randn(3, 0, 32, seed=40), randn(3, 2, 32, seed=41), randn(3, 2, 32, seed=42)
+    out = ops.attention(q, k, v, torch.tensor([0, 3]), torch.tensor([0]), torch.tensor([0]))
+    assert out.shape == (3, 0, 32)
+
+
 def test_attention_batch_composition_does_not_matter(threads):
     Hq, Hkv, D, L = 4, 2, 32, 130
     q, k, v = randn(L, Hq, D, seed=31), randn(L, Hkv, D, seed=32), randn(L, Hkv, D, seed=33)

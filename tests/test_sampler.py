@@ -202,7 +202,7 @@ def test_top_k_cut_through_a_tie_keeps_the_lowest_ids(top_k):
     # ids 0..k-1, so every choice falls there, whatever the seed
     V, n = 300, 64
     l = torch.full((n, V), 1.5)
-    l[:, 7] = -3.0  # one lower logit inside the kept range shifts the cut by one id
+    l[:, 7] = -3.0  # one lower logit: with k = 50 the cut moves to id 50, inside a block of 16
     p = dict(temperature=0.9, top_k=top_k, top_p=1.0, seed=list(range(n)), position=11)
     got = sampling.sample(l, **p)
     want = [ref.sample(l[0].numpy(), 0.9, top_k, 1.0, s, 11) for s in range(n)]
