@@ -39,11 +39,16 @@ REPLAY_HD float rp_scaled(float logit, float temperature) { return rp_div(logit,
 // A uint64 that sorts ascending in the sampler's order (z descending, token id ascending): the high
 // word is the float's bits mapped to an order-reversing unsigned integer (-0 folded onto +0, as
 // they compare equal), the low word the token id.
-REPLAY_HD uint64_t rp_order_key(float z, uint32_t token) {
+// The high word alone, in 32-bit operations (a loop over it vectorises: the CPU's top-k scan).
+REPLAY_HD uint32_t rp_order_word(float z) {
   uint32_t u = rp_float_bits(z);
-  if (u == 0x80000000u) u = 0u;
-  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);   // ascending in z
-  return (static_cast<uint64_t>(~u) << 32) | token;  // descending in z, then ascending in token
+  u = u == 0x80000000u ? 0u : u;
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // ascending in z
+  return ~u;                                        // descending in z
+}
+
+REPLAY_HD uint64_t rp_order_key(float z, uint32_t token) {
+  return (static_cast<uint64_t>(rp_order_word(z)) << 32) | token;  // then ascending in token
 }
 
 REPLAY_HD uint32_t rp_key_token(uint64_t key) { return static_cast<uint32_t>(key); }
