@@ -34,6 +34,9 @@ def every_op():
     out["add_rms_norm"] = torch.cat(ops.add_rms_norm(x, r, w, 1e-5))
     out["silu_mul"] = ops.silu_mul(randn(9, 2 * 333, seed=4, scale=4))
     out["log_softmax"] = ops.log_softmax(randn(5, 1031, seed=5, scale=5))
+    # a spread of scores past 87: exps in the subnormals and below rp_exp's -104 (exp_nonpos's
+    # slow scaling, lanes.inc), in the row ops, the sampler's scores and attention
+    out["log_softmax_wide"] = ops.log_softmax(randn(3, 77, seed=12, scale=60))
     q = randn(37, 3, 64, seed=6)
     cos, sin = torch.cos(randn(64, 32, seed=7)), torch.sin(randn(64, 32, seed=8))
     ops.rope_(q, torch.arange(37) % 64, cos, sin)
@@ -45,6 +48,8 @@ def every_op():
     out["attention"] = ops.attention(q, kb, vb, cu, torch.tensor(pos0), torch.tensor(starts))
     out["attention_window"] = ops.attention(q, kb, vb, cu, torch.tensor(pos0),
                                             torch.tensor(starts), window=7)
+    out["attention_wide"] = ops.attention(q * 12, kb, vb, cu, torch.tensor(pos0),
+                                          torch.tensor(starts))
     logits = randn(6, 777, seed=11, scale=3)
     kw = dict(temperature=[0, 0.7, 1.0, 1.3, 0.9, 2.0], top_k=[0, 0, 50, 0, 5, 0],
               top_p=[1, 0.9, 1, 0.5, 0.95, 0.3], seed=[1, 2, 3, 4, 5, 2 ** 64 - 1],
@@ -52,6 +57,8 @@ def every_op():
     out["sample"] = sampling.sample(logits, **kw)
     for k, v in sampling.score(logits, claimed=[1, 2, 3, 4, 5, 6], **kw).items():
         out["score_" + k] = v
+    for k, v in sampling.score(logits * 40, claimed=[1, 2, 3, 4, 5, 6], **kw).items():
+        out["score_wide_" + k] = v
     model = Model.random(ModelConfig.preset("test-small"), seed=2, std=0.2)
     for i, lg in enumerate(model([[3, 1, 4, 1, 5], list(range(70))])):
         out[f"model_{i}"] = lg
@@ -75,6 +82,67 @@ def test_every_supported_path_gives_the_same_bits(path):
         got = every_op()
         for k in ref:
             assert torch.equal(got[k], ref[k]), (ISAS[isa], k)
+
+
+def _f32(bits):
+    """float32 of the given 32-bit patterns (ints or an int64 tensor, 0 .. 2**32 - 1)."""
+    t = torch.as_tensor(bits, dtype=torch.int64)
+    return ((t + 2 ** 31) % 2 ** 32 - 2 ** 31).to(torch.int32).view(torch.float32)
+
+
+def _bits(v: float) -> int:
+    return int(torch.tensor([v]).view(torch.int32)) % 2 ** 32
+
+
+def _softmax_exp_inputs():
+    """Arguments of a softmax's exps (<= 0 or NaN) where exp_nonpos (lanes.inc) could go wrong:
+    random negative floats of every exponent, every float of [-87.5, -87.2] (where results
+    leave the normal range and its scaling changes), NaNs of both signs, quiet and signalling,
+    and the range's edges."""
+    bits = torch.randint(0, 2 ** 31, (1 << 16,), generator=torch.Generator().manual_seed(40))
+    dense = torch.arange(_bits(-87.2), _bits(-87.5) + 1)
+    nans = [0x7fc00000, 0x7f800001, 0x7fbfffff, 0xffc00000, 0xff800001, 0xffc12345, 0x7fc0beef]
+    edges = torch.tensor([0.0, -0.0, -1e-45, -1e-38, -1.1754944e-38, -1e-7, -0.3465736, -0.5,
+                          -1.0, -87.33654, -87.33655, -103.97, -103.972, -104.0, -104.00001,
+                          -105.0, -150.0, -1e30, -3.4028235e38, -float("inf")])
+    return torch.cat([_f32(bits + 2 ** 31), _f32(dense), _f32(nans), edges])
+
+
+def _rp_exp_bits(x, softmax_exp):
+    out = torch.empty_like(x)
+    if softmax_exp:
+        C().exp_nonpos_f32(x.data_ptr(), out.data_ptr(), x.numel())
+    else:  # one scalar rp_exp call at a time
+        C().exp_simd_f32(x.data_ptr(), out.data_ptr(), x.numel(), False)
+    return out.view(torch.int32)
+
+
+def test_softmax_exp_has_rp_exp_bits_on_every_path(path):
+    """exp_nonpos, the exp of the attention / log-softmax / sampler softmaxes, gives rp_exp's bits
+    on its range on every path: over the whole array (4 vectors at a time) and over short
+    slices at odd offsets (one vector, the padded tail)."""
+    x = _softmax_exp_inputs()
+    ref = _rp_exp_bits(x, False)
+    assert (ref.view(torch.float32) == 0).any() and (ref.view(torch.float32) < 1.2e-38).any()
+    for isa in range(C().cpu_isa() + 1):
+        path(isa)
+        assert torch.equal(_rp_exp_bits(x, True), ref), ISAS[isa]
+        for n in (1, 7, 15, 16, 17, 63, 64, 65, 100):
+            for off in (3, 40000, x.numel() - n):
+                assert torch.equal(_rp_exp_bits(x[off:off + n].clone(), True), ref[off:off + n]), \
+                    (ISAS[isa], n, off)
+
+
+@pytest.mark.slow
+def test_softmax_exp_has_rp_exp_bits_over_every_input():
+    """Every float32 with the sign bit set (-0, the negatives, -inf, the negative NaNs), +0 and
+    the positive NaNs: exp_nonpos's bits are rp_exp's, on the default path."""
+    chunk = 1 << 26
+    for start in range(1 << 31, 1 << 32, chunk):
+        x = _f32(torch.arange(start, start + chunk))
+        assert torch.equal(_rp_exp_bits(x, True), _rp_exp_bits(x, False)), hex(start)
+    x = _f32([0] + list(range(0x7f800001, 0x80000000, 97)) + [0x7fffffff])
+    assert torch.equal(_rp_exp_bits(x, True), _rp_exp_bits(x, False))
 
 
 def test_unsupported_path_is_refused(path):

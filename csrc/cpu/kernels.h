@@ -83,6 +83,7 @@ struct Kernels {
                int64_t H, int64_t D);
   void (*log_softmax)(const float* x, float* out, int64_t M, int64_t N);
   void (*exp_vec)(const float* x, float* out, int64_t n);
+  void (*exp_nonpos_vec)(const float* x, float* out, int64_t n);  // x <= 0 or NaN
   void (*attention)(const AttnArgs& a);
   void (*sample)(const SampleArgs& a, int64_t* out);
   void (*score)(const SampleArgs& a, const int64_t* claimed, const ScoreOut& o);

@@ -54,6 +54,10 @@ void register_linalg(pybind11::module_& m) {
       for (int64_t i = 0; i < n; ++i) fp(out)[i] = scalar_exp(cp<float>(x)[i]);
     }
   }, "rp_exp over n floats, in the kernels' vectorised loop or one scalar call at a time");
+  m.def("exp_nonpos_f32", [](uintptr_t x, uintptr_t out, int64_t n) {
+    gil_scoped_release nogil;
+    kernels().exp_nonpos_vec(cp<float>(x), fp(out), n);
+  }, "rp_exp over n floats <= 0 or NaN, by the softmaxes' exp (other inputs: unspecified)");
   m.def("cpu_isa", &cpu_isa, "the widest code path this CPU supports (0 scalar, 1 AVX2, 2 AVX-512)");
   m.def("isa", &selected_isa, "the code path the kernels run (0 scalar, 1 AVX2, 2 AVX-512)");
   m.def("isa_name", []() { return std::string(kernels().name); });
