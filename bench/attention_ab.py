@@ -7,11 +7,12 @@ Each tree is a replay checkout with its extension built in place (`python setup.
 alternate between the two (the order flips every round), one thread each, CPU time per call. A
 change measured this way sees the same machine state on both sides, which two runs of the tables
 an hour apart do not. Each shape is S sequences of T tokens (a prefill), Hq / Hkv heads, head dim
-D, random float32 queries, keys and values (the same on both sides: one seed). The workers also
-hash the output, so a change that claims the same bits can be checked on the way.
+D, random N(0, 1) float32 queries, keys and values (the same on both sides: one seed; such scores
+spread far less than a trained model's can). The workers also hash the output, so a change that
+claims the same bits can be checked on the way.
 
 Prints, per shape: min and median milliseconds per call of each side, the ratios old / new
-(> 1: new is faster) and whether the outputs are equal.
+(> 1: new is faster) and whether the outputs are equal; exits 1 if any differ.
 """
 import argparse
 import json
@@ -64,7 +65,9 @@ def main():
         tree = os.path.abspath(tree)
         workers.append(subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, text=True, cwd=tree,
-                                        env=dict(env, PYTHONPATH=tree)))
+                                        env=dict(env, PYTHONPATH=os.pathsep.join(
+                                            [tree] + [p for p in [env.get("PYTHONPATH")] if p]))))
+    differ = False
     for spec in args.shape:
         shape = [int(x) for x in spec.split(",")]
         times, digests, files = [[], []], [None, None], [None, None]
@@ -84,9 +87,11 @@ def main():
         print(f"T,Hq,Hkv,D,S={spec}: old min {mn[0]:.2f} med {md[0]:.2f} ms | new min {mn[1]:.2f}"
               f" med {md[1]:.2f} ms | old/new min {mn[0] / mn[1]:.3f} med {md[0] / md[1]:.3f}"
               f" | outputs {'equal' if digests[0] == digests[1] else 'DIFFER'}", flush=True)
+        differ |= digests[0] != digests[1]
     for w in workers:
         w.stdin.close()
         w.wait()
+    sys.exit(1 if differ else 0)
 
 
 if __name__ == "__main__":

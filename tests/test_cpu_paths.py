@@ -34,9 +34,10 @@ def every_op():
     out["add_rms_norm"] = torch.cat(ops.add_rms_norm(x, r, w, 1e-5))
     out["silu_mul"] = ops.silu_mul(randn(9, 2 * 333, seed=4, scale=4))
     out["log_softmax"] = ops.log_softmax(randn(5, 1031, seed=5, scale=5))
-    # a spread of scores past 87: exps in the subnormals and below rp_exp's -104 (exp_nonpos's
-    # slow scaling, lanes.inc), in the row ops, the sampler's scores and attention
-    out["log_softmax_wide"] = ops.log_softmax(randn(3, 77, seed=12, scale=60))
+    # spreads past 87 (gaps to the max up to ~170 in attention): exps in the subnormals and at
+    # rp_exp's -104 clamp, exp_nonpos's slow scaling (lanes.inc), in the row ops, the sampler's
+    # scores and attention; 93 = 64 + 16 + 13 takes exp_shifted's three loops
+    out["log_softmax_wide"] = ops.log_softmax(randn(3, 93, seed=12, scale=60))
     q = randn(37, 3, 64, seed=6)
     cos, sin = torch.cos(randn(64, 32, seed=7)), torch.sin(randn(64, 32, seed=8))
     ops.rope_(q, torch.arange(37) % 64, cos, sin)
@@ -48,7 +49,7 @@ def every_op():
     out["attention"] = ops.attention(q, kb, vb, cu, torch.tensor(pos0), torch.tensor(starts))
     out["attention_window"] = ops.attention(q, kb, vb, cu, torch.tensor(pos0),
                                             torch.tensor(starts), window=7)
-    out["attention_wide"] = ops.attention(q * 12, kb, vb, cu, torch.tensor(pos0),
+    out["attention_wide"] = ops.attention(q * 24, kb, vb, cu, torch.tensor(pos0),
                                           torch.tensor(starts))
     logits = randn(6, 777, seed=11, scale=3)
     kw = dict(temperature=[0, 0.7, 1.0, 1.3, 0.9, 2.0], top_k=[0, 0, 50, 0, 5, 0],
@@ -96,11 +97,13 @@ def _bits(v: float) -> int:
 
 def _softmax_exp_inputs():
     """Arguments of a softmax's exps (<= 0 or NaN) where exp_nonpos (lanes.inc) could go wrong:
-    random negative floats of every exponent, every float of [-87.5, -87.2] (where results
-    leave the normal range and its scaling changes), NaNs of both signs, quiet and signalling,
-    and the range's edges."""
+    random negative floats of every exponent; every float of [-87.1, -86.9] (n = rint(x log2e)
+    goes from -125 to -126 at -86.99: the exponent-field add stops there) and of [-87.5, -87.2]
+    (n = -126, results leave the normal range at -87.34); NaNs of both signs, quiet and
+    signalling; the range's edges."""
     bits = torch.randint(0, 2 ** 31, (1 << 16,), generator=torch.Generator().manual_seed(40))
-    dense = torch.arange(_bits(-87.2), _bits(-87.5) + 1)
+    dense = torch.cat([torch.arange(_bits(-86.9), _bits(-87.1) + 1),
+                       torch.arange(_bits(-87.2), _bits(-87.5) + 1)])
     nans = [0x7fc00000, 0x7f800001, 0x7fbfffff, 0xffc00000, 0xff800001, 0xffc12345, 0x7fc0beef]
     edges = torch.tensor([0.0, -0.0, -1e-45, -1e-38, -1.1754944e-38, -1e-7, -0.3465736, -0.5,
                           -1.0, -87.33654, -87.33655, -103.97, -103.972, -104.0, -104.00001,
@@ -134,15 +137,21 @@ def test_softmax_exp_has_rp_exp_bits_on_every_path(path):
 
 
 @pytest.mark.slow
-def test_softmax_exp_has_rp_exp_bits_over_every_input():
+def test_softmax_exp_has_rp_exp_bits_over_every_input(path):
     """Every float32 with the sign bit set (-0, the negatives, -inf, the negative NaNs), +0 and
-    the positive NaNs: exp_nonpos's bits are rp_exp's, on the default path."""
+    the positive NaNs: exp_nonpos's bits are rp_exp's, on each vector path this CPU supports
+    (the scalar path's exp_nonpos is rp_exp itself)."""
     chunk = 1 << 26
     for start in range(1 << 31, 1 << 32, chunk):
         x = _f32(torch.arange(start, start + chunk))
-        assert torch.equal(_rp_exp_bits(x, True), _rp_exp_bits(x, False)), hex(start)
+        ref = _rp_exp_bits(x, False)
+        for isa in range(1, C().cpu_isa() + 1):
+            path(isa)
+            assert torch.equal(_rp_exp_bits(x, True), ref), (ISAS[isa], hex(start))
     x = _f32([0] + list(range(0x7f800001, 0x80000000, 97)) + [0x7fffffff])
-    assert torch.equal(_rp_exp_bits(x, True), _rp_exp_bits(x, False))
+    for isa in range(1, C().cpu_isa() + 1):
+        path(isa)
+        assert torch.equal(_rp_exp_bits(x, True), _rp_exp_bits(x, False)), ISAS[isa]
 
 
 def test_unsupported_path_is_refused(path):
